@@ -1,0 +1,1 @@
+"""The Soko Live hub: Socket.IO fan-out of chat, notifications and order updates."""

@@ -1,0 +1,162 @@
+"""Orders as the hub sees them: the facts authorization rests on.
+
+Services report order events (HTTP now, Kafka later, through the same
+:meth:`OrderService.apply`). Each event is applied at most once by ``event_id``:
+its notifications carry ids derived from the event id, so a crash between the
+effects and :meth:`mark_seen` followed by a retry has no duplicate effect.
+A status never moves backwards through the lifecycle (cancelled is terminal);
+a stale status is ignored and reported as such.
+"""
+
+from __future__ import annotations
+
+from hub.auth import Principal
+from hub.domains.access import can_view_order, forbidden
+from hub.domains.notifications import NotificationService
+from hub.domains.ports import Fanout, now_ms, order_room
+from protocol import events
+from protocol.codec import to_wire
+from protocol.errors import ErrorCode, SokoError
+from protocol.ids import Role
+from protocol.messages import (
+    DeliveryAssigned,
+    EventAccepted,
+    OrderCreated,
+    OrderEvent,
+    OrderList,
+    OrderStatusUpdated,
+    OrderUpdatedFrame,
+    OrderView,
+)
+from storage.base import EventLedger, OrderRecord, OrderStore
+
+STATUS_RANK = {
+    "created": 0, "confirmed": 1, "preparing": 2, "ready": 3, "picked_up": 4, "in_transit": 5, "delivered": 6,
+    "cancelled": 7,
+}
+
+_SHOPPER_TEXT = {
+    "confirmed": "Your order was confirmed",
+    "preparing": "Your order is being prepared",
+    "ready": "Your order is ready",
+    "picked_up": "Your order was picked up",
+    "in_transit": "Your order is on its way",
+    "delivered": "Your order was delivered",
+    "cancelled": "Your order was cancelled",
+}
+
+
+def view(order: OrderRecord) -> OrderView:
+    """The wire form of an order."""
+    return OrderView(
+        order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id, status=order.status,
+        driver_id=order.driver_id, updated_ts=order.updated_ts,
+    )
+
+
+class OrderService:
+    """Applies order events and answers order queries with authorization."""
+
+    def __init__(self, orders: OrderStore, ledger: EventLedger, notifications: NotificationService,
+                 fanout: Fanout) -> None:
+        self._orders = orders
+        self._ledger = ledger
+        self._notifications = notifications
+        self._fanout = fanout
+
+    async def apply(self, event: OrderEvent) -> EventAccepted:
+        """Apply one order event exactly once per ``event_id``.
+
+        Raises:
+            SokoError: NOT_FOUND when a status or delivery event names an unknown order.
+        """
+        if await self._ledger.seen(event.event_id):
+            return EventAccepted(event_id=event.event_id, duplicate=True)
+        if isinstance(event, OrderCreated):
+            await self._created(event)
+        elif isinstance(event, OrderStatusUpdated):
+            await self._status(event)
+        else:
+            await self._assigned(event)
+        await self._ledger.mark_seen(event.event_id, now_ms())
+        return EventAccepted(event_id=event.event_id, duplicate=False)
+
+    async def _created(self, event: OrderCreated) -> None:
+        existing = await self._orders.get_order(event.order_id)
+        order = existing or await self._orders.upsert_order(
+            OrderRecord(order_id=event.order_id, shopper_id=event.shopper_id, boutique_id=event.boutique_id,
+                        status="created", driver_id=None, updated_ts=now_ms())
+        )
+        data = {"order_id": order.order_id, "status": order.status}
+        await self._notifications.notify_user(order.shopper_id, "order", "Order placed",
+                                              f"Order {order.order_id} was placed", data,
+                                              notification_id=f"{event.event_id}.s")
+        await self._notifications.notify_boutique(order.boutique_id, "order", "New order",
+                                                  f"Order {order.order_id} was placed", data,
+                                                  notification_id=f"{event.event_id}.b")
+        await self._publish(order)
+
+    async def _require(self, order_id: str) -> OrderRecord:
+        order = await self._orders.get_order(order_id)
+        if order is None:
+            raise SokoError(ErrorCode.NOT_FOUND, f"unknown order {order_id}")
+        return order
+
+    async def _status(self, event: OrderStatusUpdated) -> None:
+        order = await self._require(event.order_id)
+        if order.status == "cancelled" or STATUS_RANK[event.status] <= STATUS_RANK.get(order.status, -1):
+            return  # stale or repeated: the order already moved past this status
+        order = await self._orders.upsert_order(
+            OrderRecord(order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id,
+                        status=event.status, driver_id=order.driver_id, updated_ts=now_ms())
+        )
+        data = {"order_id": order.order_id, "status": order.status}
+        title = _SHOPPER_TEXT.get(event.status, f"Order {event.status}")
+        category = "delivery" if event.status in ("picked_up", "in_transit", "delivered") else "order"
+        await self._notifications.notify_user(order.shopper_id, category, title, f"Order {order.order_id}", data,
+                                              notification_id=f"{event.event_id}.s")
+        if event.status == "cancelled":
+            await self._notifications.notify_boutique(order.boutique_id, "order", "Order cancelled",
+                                                      f"Order {order.order_id}", data,
+                                                      notification_id=f"{event.event_id}.b")
+        await self._publish(order)
+
+    async def _assigned(self, event: DeliveryAssigned) -> None:
+        order = await self._require(event.order_id)
+        order = await self._orders.upsert_order(
+            OrderRecord(order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id,
+                        status=order.status, driver_id=event.driver_id, updated_ts=now_ms())
+        )
+        data = {"order_id": order.order_id, "driver_id": event.driver_id}
+        await self._notifications.notify_user(order.shopper_id, "delivery", "A driver is assigned",
+                                              f"Order {order.order_id}", data, notification_id=f"{event.event_id}.s")
+        await self._notifications.notify_user(event.driver_id, "delivery", "New delivery job",
+                                              f"Order {order.order_id}", data, notification_id=f"{event.event_id}.d")
+        await self._publish(order)
+
+    async def _publish(self, order: OrderRecord) -> None:
+        frame = OrderUpdatedFrame(order=view(order))
+        await self._fanout.publish([order_room(order.order_id)], events.ORDER_UPDATED, to_wire(frame))
+
+    async def watchable(self, principal: Principal, order_id: str) -> OrderView:
+        """The order, if ``principal`` may watch it.
+
+        Raises:
+            SokoError: FORBIDDEN, also for orders that do not exist.
+        """
+        order = await self._orders.get_order(order_id)
+        if order is None or not can_view_order(principal, order):
+            raise forbidden(f"order {order_id}")
+        return view(order)
+
+    async def list_for(self, principal: Principal, limit: int) -> OrderList:
+        """The caller's own orders, newest first. Roles without own orders get an empty list."""
+        if principal.role is Role.SHOPPER:
+            found = await self._orders.orders_for(field="shopper_id", value=principal.sub, limit=limit)
+        elif principal.role is Role.STAFF and principal.boutique is not None:
+            found = await self._orders.orders_for(field="boutique_id", value=principal.boutique, limit=limit)
+        elif principal.role is Role.DRIVER:
+            found = await self._orders.orders_for(field="driver_id", value=principal.sub, limit=limit)
+        else:
+            found = []
+        return OrderList(orders=[view(o) for o in found])

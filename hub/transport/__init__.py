@@ -1,0 +1,1 @@
+"""Transport adapters: the only package that imports socketio, engineio and aiohttp handlers."""

@@ -1,0 +1,268 @@
+"""Room fan-out that encodes once and never makes a task per recipient (DESIGN.md principle 6).
+
+:class:`FanoutManager` is a python-socketio client manager; pass it as
+``socketio.AsyncServer(client_manager=FanoutManager(...))``.
+
+What it guarantees
+    * An emit without an ack callback encodes the Socket.IO packet and the Engine.IO
+      frame once, then appends that same frame object to the send queue of every
+      local recipient with ``put_nowait``: no task, no ``await`` and no JSON encoding
+      per recipient. The emit returns once every frame is queued, not once it is sent.
+    * Each connection's send queue is bounded by ``max_queue``. A connection whose
+      queue already holds ``max_queue`` frames is a slow consumer: its pending frames
+      are dropped, a ``session.closing`` frame (code 3002 ``slow_consumer``,
+      ``reconnect: true``) is queued, and the connection is closed. The client
+      recovers by catch-up from its cursors; nothing is buffered for it.
+    * Frames to one connection keep the order of the emits that queued them.
+
+What it does not do
+    * Fan-out between nodes is not this class's job: it emits to rooms of this
+      process only. The Broker delivers to each Node, and each Node emits locally.
+    * Delivery is best-effort: a frame queued to a connection that then drops or is
+      evicted is lost. Durable frames carry ``(stream, seq)`` so clients can catch up.
+    * Emits with an ack callback go through python-socketio's own path (one task per
+      recipient, unbounded queue); use them only for single recipients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from protocol.codec import to_wire
+from protocol.errors import ErrorBody, ErrorCode
+from protocol.events import SESSION_CLOSING
+from protocol.messages import SessionClosing
+
+__all__ = ["DEFAULT_MAX_QUEUE", "SLOW_CONSUMER_REASON", "FanoutManager"]
+
+DEFAULT_MAX_QUEUE: Final = 1000
+"""Default bound, in Engine.IO frames, of one connection's send queue."""
+
+SLOW_CONSUMER_REASON: Final = "slow consumer"
+"""The ``reason`` the server's ``disconnect`` handlers receive for an evicted slow consumer."""
+
+_SLOW_CONSUMER_MESSAGE: Final = "the connection fell behind the live stream; reconnect and catch up"
+
+
+class _Abortable(Protocol):
+    """What is used of a TCP transport (asyncio's or uvloop's, which do not share a base class)."""
+
+    def is_closing(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
+class _SharedFrame(eio_packet.Packet):  # type: ignore[misc]
+    """An Engine.IO MESSAGE frame whose wire text is computed once, at construction.
+
+    One instance is queued to every recipient. Its ``encode`` is what the websocket
+    writer (``encode()``) and the polling payload (``encode(b64=True)``) call per
+    connection, so it must be a lookup. Binary frames keep both the raw bytes and
+    the base64 text that polling needs; ``engineio.packet.Packet`` caches only the
+    first form asked for, which breaks a binary frame shared by both transports.
+    """
+
+    def __init__(self, data: str | bytes) -> None:
+        super().__init__(eio_packet.MESSAGE, data)
+        self._wire: str | bytes
+        self._wire_b64: str | bytes
+        if isinstance(data, str):
+            self._wire = self._wire_b64 = f"{eio_packet.MESSAGE}{data}"
+        else:
+            self._wire = bytes(data)
+            self._wire_b64 = "b" + base64.b64encode(data).decode("ascii")
+        self.encode_cache = self._wire
+
+    def encode(self, b64: bool = False) -> str | bytes:
+        return self._wire_b64 if b64 else self._wire
+
+
+class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
+    """A client manager whose emits queue one shared frame per local recipient.
+
+    Args:
+        max_queue: most Engine.IO frames one connection may have waiting in its send
+            queue before it counts as a slow consumer. Frames the connection's writer
+            has already taken from the queue (one batch, at most ``max_queue`` more)
+            and the socket buffers are not counted. Must be at least 1.
+        on_slow_consumer: called synchronously, once per eviction, with the
+            Socket.IO sid the emit was addressed to. Exceptions it raises are logged
+            and swallowed, so a broken metric never stops a fan-out.
+        close_timeout: seconds an evicted connection gets to read its
+            ``session.closing`` frame before its TCP connection is aborted. The abort
+            is what frees a peer that stopped reading altogether, whose writer would
+            otherwise stay blocked forever; it applies to connections that opened
+            directly over websocket on aiohttp (see :meth:`_evict`).
+
+    Bounded: per connection, ``max_queue`` queued frames plus one batch in flight.
+    Control frames that python-socketio queues itself (pings, acks, connect
+    replies, emits with callbacks) bypass the bound; they are few per request.
+    """
+
+    def __init__(
+        self,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        on_slow_consumer: Callable[[str], None] | None = None,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        if close_timeout < 0:
+            raise ValueError("close_timeout must not be negative")
+        super().__init__()
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
+        self._on_slow_consumer = on_slow_consumer
+        self._evicting: set[str] = set()
+        self._eviction_tasks: set[asyncio.Task[None]] = set()
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        *,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Callable[..., Any] | None = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Queue ``event`` to every local participant of ``to``/``room`` in ``namespace``.
+
+        ``room`` may be a room name, a sid, a list of rooms (each participant gets one
+        copy), or None for the whole namespace. ``skip_sid`` is a sid or a list of
+        sids. Without ``callback`` this never suspends and never raises for a
+        recipient that is gone, closing or slow; those are skipped (slow ones are
+        evicted). With ``callback`` the call is delegated to python-socketio.
+        """
+        if callback is not None:
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+            )
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        frames = self._encode(event, data, namespace)
+        skip = _as_set(skip_sid)
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid not in skip:
+                self._enqueue(sid, eio_sid, namespace, frames)
+
+    def queue_depth(self, eio_sid: str) -> int:
+        """Frames waiting in the send queue of Engine.IO session ``eio_sid`` (0 if it is gone)."""
+        socket = self.server.eio.sockets.get(eio_sid)
+        return 0 if socket is None else int(socket.queue.qsize())
+
+    async def wait_evictions(self) -> None:
+        """Wait until every eviction started so far has finished (for shutdown and tests)."""
+        while self._eviction_tasks:
+            await asyncio.gather(*self._eviction_tasks, return_exceptions=True)
+
+    def _encode(self, event: str, data: Any, namespace: str) -> tuple[_SharedFrame, ...]:
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
+        encoded = pkt.encode()
+        parts = encoded if isinstance(encoded, list) else [encoded]
+        return tuple(_SharedFrame(part) for part in parts)
+
+    def _enqueue(self, sid: str, eio_sid: str, namespace: str, frames: tuple[_SharedFrame, ...]) -> None:
+        socket = self.server.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed or eio_sid in self._evicting:
+            return
+        queue = socket.queue
+        if queue.qsize() >= self.max_queue:
+            self._evict(sid, eio_sid, namespace, socket)
+            return
+        for frame in frames:
+            queue.put_nowait(frame)
+
+    def _evict(self, sid: str, eio_sid: str, namespace: str, socket: Any) -> None:
+        """Replace a slow consumer's backlog with a ``session.closing`` frame and close it.
+
+        The queue is emptied synchronously, so the memory it held is released now and
+        no later emit reaches this connection. One task then closes the Engine.IO
+        session (which runs the server's disconnect handlers with
+        :data:`SLOW_CONSUMER_REASON`), and after ``close_timeout`` aborts the TCP
+        connection if it is still open. No Socket.IO DISCONNECT packet is sent: the
+        official clients treat that as "do not reconnect".
+        """
+        self._evicting.add(eio_sid)
+        queue = socket.queue
+        saw_sentinel = False
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            queue.task_done()
+            saw_sentinel = saw_sentinel or item is None
+        for frame in self._encode(SESSION_CLOSING, _slow_consumer_frame(), namespace):
+            queue.put_nowait(frame)
+        if saw_sentinel:
+            # the websocket handler is already ending and waits for its writer to see this
+            queue.put_nowait(None)
+        if self._on_slow_consumer is not None:
+            try:
+                self._on_slow_consumer(sid)
+            except Exception:
+                self._get_logger().exception("on_slow_consumer callback failed")
+        transport = self._websocket_transport(eio_sid)
+        task = asyncio.get_running_loop().create_task(self._close_slow(eio_sid, socket, transport))
+        self._eviction_tasks.add(task)
+        task.add_done_callback(self._eviction_tasks.discard)
+
+    async def _close_slow(self, eio_sid: str, socket: Any, transport: _Abortable | None) -> None:
+        try:
+            await socket.close(wait=False, abort=False, reason=SLOW_CONSUMER_REASON)
+            if transport is not None:
+                await asyncio.sleep(self.close_timeout)
+                if not transport.is_closing():
+                    transport.abort()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._get_logger().exception("closing slow consumer %s failed", eio_sid)
+        finally:
+            self._evicting.discard(eio_sid)
+
+    def _websocket_transport(self, eio_sid: str) -> _Abortable | None:
+        """The TCP transport of a session that connected directly over websocket on aiohttp.
+
+        python-socketio keeps only the environ of the request that opened the session.
+        For a session that started on polling and upgraded, that request is an HTTP
+        poll, not the websocket, so None is returned and no abort happens.
+        """
+        environ = self.server.environ.get(eio_sid) or {}
+        request = environ.get("aiohttp.request")
+        if request is None or environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return None
+        transport: _Abortable | None = request.transport
+        return transport
+
+
+def _slow_consumer_frame() -> Any:
+    code = ErrorCode.SLOW_CONSUMER
+    body = ErrorBody(code=int(code), name=code.slug, message=_SLOW_CONSUMER_MESSAGE, temporary=code.temporary)
+    return to_wire(SessionClosing(error=body, reconnect=True))
+
+
+def _as_set(skip_sid: Any) -> frozenset[Any]:
+    if skip_sid is None:
+        return frozenset()
+    if isinstance(skip_sid, str) or not isinstance(skip_sid, Iterable):
+        return frozenset((skip_sid,))
+    return frozenset(skip_sid)

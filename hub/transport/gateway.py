@@ -1,0 +1,354 @@
+"""The Socket.IO edge: handshake, per-event authorization and limits, ack envelopes.
+
+This module turns wire events into domain calls and domain errors into stable
+error payloads. It owns connection state (who is connected, their rate bucket,
+their token expiry) and the Engine.IO watchdog. Domain logic lives in
+:mod:`hub.domains`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from hub.auth import Principal, TokenVerifier
+from hub.config import Settings
+from hub.domains.ports import order_room, presence_room, staff_room, user_room
+from hub.limits import TokenBucket
+from hub.metrics import HubMetrics
+from hub.services import Services
+from hub.transport.fanout import FanoutManager
+from hub.transport.json_codec import OrjsonForSocketIO
+from protocol import PROTOCOL_VERSION, events
+from protocol import messages as m
+from protocol.codec import decode_value, to_wire
+from protocol.errors import ErrorCode, SokoError
+from protocol.ids import Role
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/"
+Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
+
+
+class Connection:
+    """State of one connected socket."""
+
+    __slots__ = ("principal", "bucket", "expiry", "closing")
+
+    def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
+        self.principal = principal
+        self.bucket = bucket
+        self.expiry: asyncio.TimerHandle | None = None
+        self.closing = False
+
+
+def error_payload(code: ErrorCode, message: str) -> dict[str, Any]:
+    """The wire form of an error, for acks and ``session.closing``."""
+    payload: dict[str, Any] = to_wire(SokoError(code, message).body())
+    return payload
+
+
+class SocketGateway:
+    """Owns the python-socketio server and every connection on this node."""
+
+    def __init__(self, settings: Settings, metrics: HubMetrics, verifier: TokenVerifier, node_id: str) -> None:
+        self._settings = settings
+        self._bound: Services | None = None
+        self._metrics = metrics
+        self._verifier = verifier
+        self._node_id = node_id
+        self._connections: dict[str, Connection] = {}
+        self._unbound_since: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._accepting = True
+        self.manager = FanoutManager(
+            max_queue=settings.send_queue_max, on_slow_consumer=lambda _sid: metrics.fanout_drops.inc()
+        )
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            client_manager=self.manager,
+            json=OrjsonForSocketIO,
+            cors_allowed_origins=list(settings.allow_origin),
+            max_http_buffer_size=settings.max_frame_bytes,
+            async_handlers=False,  # one connection's events are handled in order
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            http_compression=False,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._handlers: dict[str, Handler] = {}
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("*", self._on_event)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self, services: Services) -> None:
+        """Give the gateway its services; done once at startup, before any connection."""
+        self._bound = services
+        self._handlers = self._build_handlers()
+
+    @property
+    def _services(self) -> Services:
+        if self._bound is None:
+            raise RuntimeError("gateway used before bind()")
+        return self._bound
+
+    def attach(self, app: web.Application) -> None:
+        """Serve Socket.IO at ``/socket.io/`` on ``app``."""
+        self.sio.attach(app, socketio_path="socket.io")
+
+    async def start(self) -> None:
+        """Start the namespace watchdog."""
+        self._watchdog = asyncio.create_task(self._watch_unbound(), name="soko-namespace-watchdog")
+
+    async def deliver_local(self, rooms: Sequence[str], event: str, data: Any, skip: str | None) -> None:
+        """Emit to this node's sockets in ``rooms`` (the broker calls this)."""
+        await self.sio.emit(event, data, to=list(rooms), skip_sid=skip, namespace=NAMESPACE)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
+        self._accepting = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        closing = [
+            self.close_with(sid, ErrorCode.SERVER_SHUTDOWN, "the hub is restarting; reconnect", reconnect=True)
+            for sid in list(self._connections)
+        ]
+        await asyncio.gather(*closing, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sio.shutdown()
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        if not self._accepting:
+            self._metrics.rejected_handshakes.labels("shutdown").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "the hub is shutting down", error_payload(ErrorCode.SERVER_SHUTDOWN, "the hub is shutting down")
+            )
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            principal = self._verifier.verify(token)
+        except SokoError as exc:
+            self._metrics.rejected_handshakes.labels(exc.code.slug).inc()
+            # The client's connect_error carries {"message": ..., "data": ErrorBody}.
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, error_payload(exc.code, exc.message)) from None
+        conn = Connection(principal, TokenBucket(self._settings.rate_per_second, self._settings.rate_burst))
+        delay = max(0.0, principal.expires_at - time.time())
+        conn.expiry = asyncio.get_running_loop().call_later(delay, self._expire, sid)
+        self._connections[sid] = conn
+        # Rooms are entered last and without awaiting, so no frame can be queued before the CONNECT reply.
+        self.manager.basic_enter_room(sid, NAMESPACE, user_room(principal.sub))
+        if principal.role is Role.STAFF and principal.boutique is not None:
+            self.manager.basic_enter_room(sid, NAMESPACE, staff_room(principal.boutique))
+        self._metrics.connections.set(len(self._connections))
+        self._spawn(self._after_connect(sid, conn))
+
+    async def _after_connect(self, sid: str, conn: Connection) -> None:
+        for _ in range(100):
+            if self.manager.is_connected(sid, NAMESPACE):
+                break
+            await asyncio.sleep(0.01)
+        principal = conn.principal
+        welcome = m.Welcome(
+            protocol=PROTOCOL_VERSION, user=principal.sub, role=str(principal.role), boutique=principal.boutique,
+            node=self._node_id, token_expires_at=int(principal.expires_at),
+        )
+        await self.sio.emit(events.WELCOME, to_wire(welcome), to=sid, namespace=NAMESPACE)
+        if principal.role is Role.STAFF and principal.boutique is not None:
+            await self._services.presence.staff_connected(principal.boutique)
+        for frame in await self._services.notifications.pending_for(principal):
+            await self.sio.emit(events.NOTIFICATION, to_wire(frame), to=sid, namespace=NAMESPACE)
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        conn = self._connections.pop(sid, None)
+        self._metrics.connections.set(len(self._connections))
+        if conn is None:
+            return
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        self._services.chat.forget_connection(sid)
+        if conn.principal.role is Role.STAFF and conn.principal.boutique is not None:
+            await self._services.presence.staff_disconnected(conn.principal.boutique)
+
+    def _expire(self, sid: str) -> None:
+        self._spawn(self.close_with(sid, ErrorCode.TOKEN_EXPIRED, "token expired; reconnect with a fresh token",
+                                    reconnect=True))
+
+    async def close_with(self, sid: str, code: ErrorCode, message: str, *, reconnect: bool) -> None:
+        """Send ``session.closing`` with ``code``, then disconnect the socket (once)."""
+        conn = self._connections.get(sid)
+        if conn is None or conn.closing:
+            return
+        conn.closing = True
+        closing = {"error": error_payload(code, message), "reconnect": reconnect}
+        with contextlib.suppress(Exception):
+            await self.sio.emit(events.SESSION_CLOSING, closing, to=sid, namespace=NAMESPACE)
+        await self.sio.disconnect(sid, namespace=NAMESPACE)
+
+    # ------------------------------------------------------------------ events
+
+    async def _on_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        conn = self._connections.get(sid)
+        if conn is None or conn.closing:
+            return _fail(ErrorCode.UNAUTHENTICATED, "not connected")
+        self._metrics.events_in.labels(event if event in self._handlers else "unknown").inc()
+        if not conn.bucket.take():
+            self._metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
+            if conn.bucket.strikes > self._settings.rate_strikes:
+                self._spawn(self.close_with(sid, ErrorCode.RATE_LIMITED, "too many events; slow down",
+                                            reconnect=True))
+            return _fail(ErrorCode.RATE_LIMITED,
+                         f"more than {self._settings.rate_per_second:g} events/s; slow down")
+        handler = self._handlers.get(event)
+        if handler is None:
+            self._metrics.errors.labels(str(int(ErrorCode.UNKNOWN_EVENT))).inc()
+            return _fail(ErrorCode.UNKNOWN_EVENT, f"unknown event {event[:64]!r}")
+        if len(args) != 1:
+            return _fail(ErrorCode.BAD_REQUEST, "every event takes exactly one object argument")
+        started = time.perf_counter()
+        try:
+            request = decode_value(args[0], events.CLIENT_EVENTS[event])
+            result = await handler(conn.principal, sid, request)
+        except SokoError as exc:
+            self._metrics.errors.labels(str(int(exc.code))).inc()
+            return {"ok": False, "error": to_wire(exc.body())}
+        except Exception:
+            log.exception("handler for %s failed", event)
+            self._metrics.errors.labels(str(int(ErrorCode.INTERNAL))).inc()
+            return _fail(ErrorCode.INTERNAL, "internal error; retry later")
+        finally:
+            self._metrics.handler_seconds.labels(event).observe(time.perf_counter() - started)
+        return {"ok": True, "data": to_wire(result)}
+
+    def _build_handlers(self) -> dict[str, Handler]:
+        s = self._services
+
+        async def sync(p: Principal, _sid: str, r: m.SyncRequest) -> m.Frame:
+            return await s.sync.sync(p, r)
+
+        async def catchup(p: Principal, _sid: str, r: m.CatchupRequest) -> m.Frame:
+            page = await s.sync.catchup(p, r)
+            self._metrics.catchup_entries.observe(len(page.entries))
+            return page
+
+        async def chat_send(p: Principal, _sid: str, r: m.ChatSend) -> m.Frame:
+            return await s.chat.send(p, r)
+
+        async def chat_history(p: Principal, _sid: str, r: m.HistoryRequest) -> m.Frame:
+            return await s.chat.history(p, r)
+
+        async def chat_read(p: Principal, _sid: str, r: m.ReadRequest) -> None:
+            await s.chat.mark_read(p, r)
+
+        async def chat_typing(p: Principal, sid: str, r: m.TypingRequest) -> None:
+            await s.chat.typing(p, sid, r)
+
+        async def chat_list(p: Principal, _sid: str, r: m.ConversationListRequest) -> m.Frame:
+            return await s.chat.conversations(p, r.limit)
+
+        async def presence_watch(_p: Principal, sid: str, r: m.PresenceRequest) -> m.Frame:
+            for boutique in r.boutiques:
+                await self.sio.enter_room(sid, presence_room(boutique), namespace=NAMESPACE)
+            return s.presence.snapshot(list(r.boutiques))
+
+        async def notify_ack(p: Principal, _sid: str, r: m.NotifyAckRequest) -> None:
+            await s.notifications.ack(p, r)
+
+        async def notify_read(p: Principal, _sid: str, r: m.NotifyReadRequest) -> m.Frame:
+            return await s.notifications.mark_read(p, r)
+
+        async def notify_prefs(p: Principal, _sid: str, r: m.PrefsRequest) -> m.Frame:
+            return await s.notifications.preferences(p, r)
+
+        async def order_watch(p: Principal, sid: str, r: m.OrderWatchRequest) -> m.Frame:
+            order = await s.orders.watchable(p, r.order_id)
+            await self.sio.enter_room(sid, order_room(r.order_id), namespace=NAMESPACE)
+            return order
+
+        async def order_unwatch(_p: Principal, sid: str, r: m.OrderWatchRequest) -> None:
+            await self.sio.leave_room(sid, order_room(r.order_id), namespace=NAMESPACE)
+
+        async def order_list(p: Principal, _sid: str, r: m.OrderListRequest) -> m.Frame:
+            return await s.orders.list_for(p, r.limit)
+
+        table: dict[str, Handler] = {
+            events.SYNC: sync,
+            events.CATCHUP: catchup,
+            events.CHAT_SEND: chat_send,
+            events.CHAT_HISTORY: chat_history,
+            events.CHAT_READ: chat_read,
+            events.CHAT_TYPING: chat_typing,
+            events.CHAT_LIST: chat_list,
+            events.PRESENCE_WATCH: presence_watch,
+            events.NOTIFY_ACK: notify_ack,
+            events.NOTIFY_READ: notify_read,
+            events.NOTIFY_PREFS: notify_prefs,
+            events.ORDER_WATCH: order_watch,
+            events.ORDER_UNWATCH: order_unwatch,
+            events.ORDER_LIST: order_list,
+        }
+        assert table.keys() == events.CLIENT_EVENTS.keys(), "every client event needs exactly one handler"
+        return table
+
+    # ------------------------------------------------------------------ watchdog
+
+    async def _watch_unbound(self) -> None:
+        """Close Engine.IO sessions that never connect the namespace within the timeout."""
+        timeout = self._settings.namespace_timeout
+        while True:
+            try:
+                await asyncio.sleep(min(1.0, timeout / 4))
+                now = time.monotonic()
+                live = self.sio.eio.sockets
+                for eio_sid in list(self._unbound_since):
+                    if eio_sid not in live:
+                        del self._unbound_since[eio_sid]
+                for eio_sid in list(live):
+                    if self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None:
+                        self._unbound_since.pop(eio_sid, None)
+                        continue
+                    since = self._unbound_since.setdefault(eio_sid, now)
+                    if now - since >= timeout:
+                        del self._unbound_since[eio_sid]
+                        self._metrics.rejected_handshakes.labels("namespace_timeout").inc()
+                        await self.sio.eio.disconnect(eio_sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("namespace watchdog iteration failed; continuing")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background connection task failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _fail(code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": error_payload(code, message)}

@@ -1,0 +1,482 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+All writes run on one dedicated thread, each in its own ``BEGIN IMMEDIATE``
+transaction, so seq assignment is atomic and the event loop never blocks on disk.
+Reads run on a second thread with their own connection (WAL lets them proceed
+while a write is in flight). ``synchronous=FULL`` makes every committed write
+survive power loss, which is what "ack after the durable write" requires.
+
+Guarantees: see :mod:`storage.base`. SQLite is single-node: several hub processes
+must not share one file; use MongoDB for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ulid import ULID
+
+from storage.base import AppendResult, OrderRecord, StoredEntry, StreamHead
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream   TEXT PRIMARY KEY,
+    epoch    TEXT NOT NULL,
+    head     INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    stream    TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    ts        INTEGER NOT NULL,
+    author    TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    payload   BLOB NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS entries_author_client ON entries (author, client_id);
+CREATE TABLE IF NOT EXISTS stream_members (
+    member TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    PRIMARY KEY (member, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS read_positions (
+    stream TEXT NOT NULL,
+    party  TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (stream, party)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks (
+    stream TEXT NOT NULL,
+    user   TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (stream, user, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ack_floors (
+    stream TEXT NOT NULL,
+    user   TEXT NOT NULL,
+    floor  INTEGER NOT NULL,
+    PRIMARY KEY (stream, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS prefs (
+    user  TEXT PRIMARY KEY,
+    muted TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id    TEXT PRIMARY KEY,
+    shopper_id  TEXT NOT NULL,
+    boutique_id TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    driver_id   TEXT,
+    updated_ts  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_shopper ON orders (shopper_id, updated_ts);
+CREATE INDEX IF NOT EXISTS orders_boutique ON orders (boutique_id, updated_ts);
+CREATE INDEX IF NOT EXISTS orders_driver ON orders (driver_id, updated_ts);
+CREATE TABLE IF NOT EXISTS events_seen (
+    event_id TEXT PRIMARY KEY,
+    ts       INTEGER NOT NULL
+);
+"""
+
+_ORDER_FIELDS = frozenset({"shopper_id", "boutique_id", "driver_id"})
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _entry(stream: str, epoch: str, row: tuple[int, int, str, str, bytes]) -> StoredEntry:
+    seq, ts, author, client_id, payload = row
+    return StoredEntry(
+        stream=stream, seq=seq, epoch=epoch, ts=ts, author=author, client_id=client_id, payload=bytes(payload)
+    )
+
+
+class SqliteStore:
+    """SQLite implementation of :class:`storage.base.Store`."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteStore:
+        """Open (creating if needed) the database at ``path`` and its schema."""
+        store = cls(path)
+        await store._start()
+        return store
+
+    async def _start(self) -> None:
+        def init_writer() -> None:
+            self._writer = _connect(self._path)
+            self._writer.executescript(_SCHEMA)
+
+        await self._run_write(init_writer)
+        if self._path == ":memory:":
+            # A private in-memory database is only visible to its own connection.
+            self._reader_pool.shutdown(wait=False)
+            self._reader_pool = self._writer_pool
+            self._reader = self._writer
+            return
+
+        def init_reader() -> None:
+            self._reader = _connect(self._path)
+
+        await self._run_read(init_reader)
+
+    async def _run_write(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn)
+
+    async def _run_read(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn)
+
+    @property
+    def _w(self) -> sqlite3.Connection:
+        assert self._writer is not None
+        return self._writer
+
+    @property
+    def _r(self) -> sqlite3.Connection:
+        assert self._reader is not None
+        return self._reader
+
+    # ------------------------------------------------------------------ streams
+
+    async def append(
+        self, stream: str, *, author: str, client_id: str, payload: bytes, ts: int, members: tuple[str, ...]
+    ) -> AppendResult:
+        def run() -> AppendResult:
+            conn = self._w
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                existing = conn.execute(
+                    "SELECT e.stream, e.seq, e.ts, e.author, e.client_id, e.payload, s.epoch "
+                    "FROM entries e JOIN streams s ON s.stream = e.stream "
+                    "WHERE e.author = ? AND e.client_id = ?",
+                    (author, client_id),
+                ).fetchone()
+                if existing is not None:
+                    conn.execute("COMMIT")
+                    return AppendResult(
+                        entry=_entry(existing[0], existing[6], existing[1:6]), duplicate=True
+                    )
+                row = conn.execute("SELECT epoch, head FROM streams WHERE stream = ?", (stream,)).fetchone()
+                if row is None:
+                    epoch, seq = str(ULID()), 1
+                    conn.execute(
+                        "INSERT INTO streams (stream, epoch, head, last_ts) VALUES (?, ?, 1, ?)",
+                        (stream, epoch, ts),
+                    )
+                else:
+                    epoch, seq = row[0], row[1] + 1
+                    conn.execute(
+                        "UPDATE streams SET head = ?, last_ts = ? WHERE stream = ?", (seq, ts, stream)
+                    )
+                conn.execute(
+                    "INSERT INTO entries (stream, seq, ts, author, client_id, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (stream, seq, ts, author, client_id, payload),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO stream_members (member, stream) VALUES (?, ?)",
+                    [(member, stream) for member in members],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return AppendResult(
+                entry=StoredEntry(
+                    stream=stream, seq=seq, epoch=epoch, ts=ts, author=author, client_id=client_id,
+                    payload=payload,
+                ),
+                duplicate=False,
+            )
+
+        return await self._run_write(run)
+
+    def _epoch(self, conn: sqlite3.Connection, stream: str) -> str | None:
+        row = conn.execute("SELECT epoch FROM streams WHERE stream = ?", (stream,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def read_after(self, stream: str, after: int, limit: int) -> list[StoredEntry]:
+        def run() -> list[StoredEntry]:
+            conn = self._r
+            epoch = self._epoch(conn, stream)
+            if epoch is None:
+                return []
+            rows = conn.execute(
+                "SELECT seq, ts, author, client_id, payload FROM entries "
+                "WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (stream, after, limit),
+            ).fetchall()
+            return [_entry(stream, epoch, r) for r in rows]
+
+        return await self._run_read(run)
+
+    async def read_before(self, stream: str, before: int | None, limit: int) -> list[StoredEntry]:
+        def run() -> list[StoredEntry]:
+            conn = self._r
+            epoch = self._epoch(conn, stream)
+            if epoch is None:
+                return []
+            bound = before if before is not None else 2**62
+            rows = conn.execute(
+                "SELECT seq, ts, author, client_id, payload FROM entries "
+                "WHERE stream = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (stream, bound, limit),
+            ).fetchall()
+            return [_entry(stream, epoch, r) for r in reversed(rows)]
+
+        return await self._run_read(run)
+
+    async def head(self, stream: str) -> StreamHead | None:
+        def run() -> StreamHead | None:
+            row = self._r.execute(
+                "SELECT epoch, head, last_ts FROM streams WHERE stream = ?", (stream,)
+            ).fetchone()
+            if row is None:
+                return None
+            return StreamHead(stream=stream, epoch=row[0], head=row[1], last_ts=row[2])
+
+        return await self._run_read(run)
+
+    async def streams_of(self, member: str, prefix: str, limit: int) -> list[StreamHead]:
+        def run() -> list[StreamHead]:
+            rows = self._r.execute(
+                "SELECT s.stream, s.epoch, s.head, s.last_ts FROM stream_members m "
+                "JOIN streams s ON s.stream = m.stream "
+                "WHERE m.member = ? AND m.stream >= ? AND m.stream < ? "
+                "ORDER BY s.last_ts DESC LIMIT ?",
+                (member, prefix, prefix + "\U0010ffff", limit),
+            ).fetchall()
+            return [StreamHead(stream=r[0], epoch=r[1], head=r[2], last_ts=r[3]) for r in rows]
+
+        return await self._run_read(run)
+
+    # ------------------------------------------------------------------ cursors
+
+    async def advance_read(self, stream: str, party: str, seq: int) -> int:
+        def run() -> int:
+            conn = self._w
+            conn.execute(
+                "INSERT INTO read_positions (stream, party, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (stream, party) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (stream, party, seq),
+            )
+            row = conn.execute(
+                "SELECT seq FROM read_positions WHERE stream = ? AND party = ?", (stream, party)
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run_write(run)
+
+    async def read_positions(self, stream: str) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            rows = self._r.execute(
+                "SELECT party, seq FROM read_positions WHERE stream = ?", (stream,)
+            ).fetchall()
+            return {str(p): int(s) for p, s in rows}
+
+        return await self._run_read(run)
+
+    async def ack(self, stream: str, user: str, seqs: list[int]) -> None:
+        def run() -> None:
+            conn = self._w
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT floor FROM ack_floors WHERE stream = ? AND user = ?", (stream, user)
+                ).fetchone()
+                floor = 0 if row is None else int(row[0])
+                conn.executemany(
+                    "INSERT OR IGNORE INTO acks (stream, user, seq) VALUES (?, ?, ?)",
+                    [(stream, user, s) for s in set(seqs) if s > floor],
+                )
+                # Advance the floor over the contiguous acked run so unacked() stays an index range scan.
+                while conn.execute(
+                    "SELECT 1 FROM acks WHERE stream = ? AND user = ? AND seq = ?", (stream, user, floor + 1)
+                ).fetchone():
+                    floor += 1
+                conn.execute(
+                    "DELETE FROM acks WHERE stream = ? AND user = ? AND seq <= ?", (stream, user, floor)
+                )
+                conn.execute(
+                    "INSERT INTO ack_floors (stream, user, floor) VALUES (?, ?, ?) "
+                    "ON CONFLICT (stream, user) DO UPDATE SET floor = excluded.floor",
+                    (stream, user, floor),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run_write(run)
+
+    async def unacked(self, stream: str, user: str, limit: int) -> list[StoredEntry]:
+        def run() -> list[StoredEntry]:
+            conn = self._r
+            epoch = self._epoch(conn, stream)
+            if epoch is None:
+                return []
+            row = conn.execute(
+                "SELECT floor FROM ack_floors WHERE stream = ? AND user = ?", (stream, user)
+            ).fetchone()
+            floor = 0 if row is None else int(row[0])
+            rows = conn.execute(
+                "SELECT e.seq, e.ts, e.author, e.client_id, e.payload FROM entries e "
+                "WHERE e.stream = ? AND e.seq > ? AND NOT EXISTS ("
+                "  SELECT 1 FROM acks a WHERE a.stream = e.stream AND a.user = ? AND a.seq = e.seq) "
+                "ORDER BY e.seq LIMIT ?",
+                (stream, floor, user, limit),
+            ).fetchall()
+            return [_entry(stream, epoch, r) for r in rows]
+
+        return await self._run_read(run)
+
+    async def count_after(
+        self, stream: str, after: int, *, by: str | None = None, not_by: str | None = None
+    ) -> int:
+        sql = "SELECT count(*) FROM entries WHERE stream = ? AND seq > ?"
+        args: list[object] = [stream, after]
+        if by is not None:
+            sql += " AND author = ?"
+            args.append(by)
+        if not_by is not None:
+            sql += " AND author != ?"
+            args.append(not_by)
+
+        def run() -> int:
+            return int(self._r.execute(sql, args).fetchone()[0])
+
+        return await self._run_read(run)
+
+    # ------------------------------------------------------------------ preferences
+
+    async def muted(self, user: str) -> list[str]:
+        def run() -> list[str]:
+            row = self._r.execute("SELECT muted FROM prefs WHERE user = ?", (user,)).fetchone()
+            return [] if row is None or not row[0] else str(row[0]).split(",")
+
+        return await self._run_read(run)
+
+    async def set_muted(self, user: str, categories: list[str]) -> None:
+        def run() -> None:
+            self._w.execute(
+                "INSERT INTO prefs (user, muted) VALUES (?, ?) "
+                "ON CONFLICT (user) DO UPDATE SET muted = excluded.muted",
+                (user, ",".join(sorted(set(categories)))),
+            )
+
+        await self._run_write(run)
+
+    # ------------------------------------------------------------------ orders
+
+    async def upsert_order(self, order: OrderRecord) -> OrderRecord:
+        def run() -> OrderRecord:
+            self._w.execute(
+                "INSERT INTO orders (order_id, shopper_id, boutique_id, status, driver_id, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET "
+                "shopper_id = excluded.shopper_id, boutique_id = excluded.boutique_id, "
+                "status = excluded.status, driver_id = excluded.driver_id, updated_ts = excluded.updated_ts",
+                (order.order_id, order.shopper_id, order.boutique_id, order.status, order.driver_id,
+                 order.updated_ts),
+            )
+            return order
+
+        return await self._run_write(run)
+
+    async def get_order(self, order_id: str) -> OrderRecord | None:
+        def run() -> OrderRecord | None:
+            row = self._r.execute(
+                "SELECT order_id, shopper_id, boutique_id, status, driver_id, updated_ts "
+                "FROM orders WHERE order_id = ?",
+                (order_id,),
+            ).fetchone()
+            return None if row is None else _order(row)
+
+        return await self._run_read(run)
+
+    async def orders_for(self, *, field: str, value: str, limit: int) -> list[OrderRecord]:
+        if field not in _ORDER_FIELDS:
+            raise ValueError(f"cannot list orders by {field!r}")
+
+        def run() -> list[OrderRecord]:
+            rows = self._r.execute(
+                "SELECT order_id, shopper_id, boutique_id, status, driver_id, updated_ts FROM orders "  # noqa: S608 - field is allow-listed
+                f"WHERE {field} = ? ORDER BY updated_ts DESC LIMIT ?",
+                (value, limit),
+            ).fetchall()
+            return [_order(r) for r in rows]
+
+        return await self._run_read(run)
+
+    # ------------------------------------------------------------------ event ledger
+
+    async def seen(self, event_id: str) -> bool:
+        def run() -> bool:
+            return (
+                self._r.execute("SELECT 1 FROM events_seen WHERE event_id = ?", (event_id,)).fetchone()
+                is not None
+            )
+
+        return await self._run_read(run)
+
+    async def mark_seen(self, event_id: str, ts: int) -> bool:
+        def run() -> bool:
+            cur = self._w.execute(
+                "INSERT OR IGNORE INTO events_seen (event_id, ts) VALUES (?, ?)", (event_id, ts)
+            )
+            return cur.rowcount == 1
+
+        return await self._run_write(run)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ping(self) -> None:
+        await self._run_read(lambda: self._r.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+
+        def close_writer() -> None:
+            if self._writer is not None:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._writer.close()
+
+        def close_reader() -> None:
+            if self._reader is not None and self._reader is not self._writer:
+                self._reader.close()
+
+        await self._run_read(close_reader)
+        await self._run_write(close_writer)
+        self._closed = True
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+
+def _order(row: tuple[str, str, str, str, str | None, int]) -> OrderRecord:
+    return OrderRecord(
+        order_id=row[0], shopper_id=row[1], boutique_id=row[2], status=row[3], driver_id=row[4],
+        updated_ts=row[5],
+    )
