@@ -64,8 +64,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[SERVICES] = services
     await node.start(app[GATEWAY].deliver_local)
     await app[GATEWAY].start()
-    log.info("hub node %s ready (store %s, broker %s)", settings.node_id, _redact(settings.store_url),
-             _redact(settings.broker))
+    log.info(
+        "hub node %s ready (store %s, broker %s)",
+        settings.node_id,
+        _redact(settings.store_url),
+        _redact(settings.broker),
+    )
     try:
         yield
     finally:

@@ -20,7 +20,7 @@ from hub.config import Settings
 from protocol.errors import ErrorCode, SokoError
 from protocol.ids import Role, is_id
 
-SECRET_FILE = "jwt.secret"
+SECRET_FILE = "jwt.secret"  # noqa: S105 - a file name, not a secret
 _ASYMMETRIC = frozenset({"RS256", "ES256"})
 
 
@@ -81,7 +81,7 @@ class TokenVerifier:
                 audience, unknown role, bad ids).
         """
         if not isinstance(token, str) or not token or len(token) > 4096:
-            raise SokoError(ErrorCode.UNAUTHENTICATED, "a token is required: auth {\"token\": \"<JWT>\"}")
+            raise SokoError(ErrorCode.UNAUTHENTICATED, 'a token is required: auth {"token": "<JWT>"}')
         try:
             claims = jwt.decode(
                 token,
@@ -119,7 +119,13 @@ def issue_token(
     if role in (Role.STAFF, Role.DEVICE) and boutique is None:
         raise ValueError(f"a {role} token needs --boutique")
     now = int(time.time())
-    claims: dict[str, object] = {"sub": sub, "role": str(role), "aud": audience, "iat": now, "exp": now + int(ttl)}
+    claims: dict[str, object] = {
+        "sub": sub,
+        "role": str(role),
+        "aud": audience,
+        "iat": now,
+        "exp": now + int(ttl),
+    }
     if boutique is not None:
         claims["boutique"] = boutique
     return jwt.encode(claims, secret, algorithm="HS256")

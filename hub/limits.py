@@ -12,7 +12,7 @@ class TokenBucket:
     disconnect a client that keeps flooding after being told to slow down.
     """
 
-    __slots__ = ("_rate", "_burst", "_tokens", "_stamp", "strikes")
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens", "strikes")
 
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate

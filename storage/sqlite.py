@@ -176,9 +176,7 @@ class SqliteStore:
                 ).fetchone()
                 if existing is not None:
                     conn.execute("COMMIT")
-                    return AppendResult(
-                        entry=_entry(existing[0], existing[6], existing[1:6]), duplicate=True
-                    )
+                    return AppendResult(entry=_entry(existing[0], existing[6], existing[1:6]), duplicate=True)
                 row = conn.execute("SELECT epoch, head FROM streams WHERE stream = ?", (stream,)).fetchone()
                 if row is None:
                     epoch, seq = str(ULID()), 1
@@ -206,7 +204,12 @@ class SqliteStore:
                 raise
             return AppendResult(
                 entry=StoredEntry(
-                    stream=stream, seq=seq, epoch=epoch, ts=ts, author=author, client_id=client_id,
+                    stream=stream,
+                    seq=seq,
+                    epoch=epoch,
+                    ts=ts,
+                    author=author,
+                    client_id=client_id,
                     payload=payload,
                 ),
                 duplicate=False,
@@ -398,8 +401,14 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET "
                 "shopper_id = excluded.shopper_id, boutique_id = excluded.boutique_id, "
                 "status = excluded.status, driver_id = excluded.driver_id, updated_ts = excluded.updated_ts",
-                (order.order_id, order.shopper_id, order.boutique_id, order.status, order.driver_id,
-                 order.updated_ts),
+                (
+                    order.order_id,
+                    order.shopper_id,
+                    order.boutique_id,
+                    order.status,
+                    order.driver_id,
+                    order.updated_ts,
+                ),
             )
             return order
 
@@ -477,6 +486,10 @@ class SqliteStore:
 
 def _order(row: tuple[str, str, str, str, str | None, int]) -> OrderRecord:
     return OrderRecord(
-        order_id=row[0], shopper_id=row[1], boutique_id=row[2], status=row[3], driver_id=row[4],
+        order_id=row[0],
+        shopper_id=row[1],
+        boutique_id=row[2],
+        status=row[3],
+        driver_id=row[4],
         updated_ts=row[5],
     )

@@ -1,1 +1,1 @@
-"""Business logic. No transport, broker or database driver imports: only protocol, storage Protocols and ports."""
+"""Business logic. No transport, broker or driver imports: only protocol, storage Protocols and ports."""

@@ -99,7 +99,11 @@ class AccessPolicy:
             if sub != ref.user_id or write:
                 raise forbidden(stream)
             return StreamAccess(
-                stream=stream, kind=ref.kind, members=(f"user:{sub}",), rooms=(user_room(sub),), shopper_id=None
+                stream=stream,
+                kind=ref.kind,
+                members=(f"user:{sub}",),
+                rooms=(user_room(sub),),
+                shopper_id=None,
             )
         assert ref.boutique_id is not None
         if role is not Role.STAFF or principal.boutique != ref.boutique_id or write:

@@ -55,8 +55,14 @@ def clean_text(text: str) -> str:
 class ChatService:
     """Conversations: send, history, read receipts, typing and the conversation list."""
 
-    def __init__(self, store: StreamStore, cursors: CursorStore, access: AccessPolicy, fanout: Fanout,
-                 typing_interval: float) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        cursors: CursorStore,
+        access: AccessPolicy,
+        fanout: Fanout,
+        typing_interval: float,
+    ) -> None:
         self._store = store
         self._cursors = cursors
         self._access = access
@@ -86,7 +92,11 @@ class ChatService:
         if not result.duplicate:
             await self._fanout.publish(access.rooms, events.CHAT_MESSAGE, to_wire(chat_frame(entry)))
         return ChatSent(
-            stream=entry.stream, seq=entry.seq, epoch=entry.epoch, ts=entry.ts, client_id=entry.client_id,
+            stream=entry.stream,
+            seq=entry.seq,
+            epoch=entry.epoch,
+            ts=entry.ts,
+            client_id=entry.client_id,
             duplicate=result.duplicate,
         )
 
@@ -112,7 +122,9 @@ class ChatService:
         party = principal.party
         position = await self._cursors.advance_read(req.stream, party, seq)
         await self._fanout.publish(
-            access.rooms, events.CHAT_READ_FRAME, to_wire(ReadFrame(stream=req.stream, party=party, seq=position))
+            access.rooms,
+            events.CHAT_READ_FRAME,
+            to_wire(ReadFrame(stream=req.stream, party=party, seq=position)),
         )
 
     async def typing(self, principal: Principal, conn_id: str, req: TypingRequest) -> None:
@@ -158,8 +170,13 @@ class ChatService:
                 unread = await self._cursors.count_after(head.stream, mine, not_by=principal.sub)
             result.append(
                 Conversation(
-                    stream=head.stream, epoch=head.epoch, head=head.head, last_ts=head.last_ts,
-                    unread=unread, read_seq=mine, peer_read_seq=peer,
+                    stream=head.stream,
+                    epoch=head.epoch,
+                    head=head.head,
+                    last_ts=head.last_ts,
+                    unread=unread,
+                    read_seq=mine,
+                    peer_read_seq=peer,
                 )
             )
         return ConversationList(conversations=result)

@@ -43,8 +43,15 @@ SendToConnection = Callable[[str, str, Any], Awaitable[None]]
 class NotificationService:
     """Creates, delivers, acks and counts notifications."""
 
-    def __init__(self, store: StreamStore, cursors: CursorStore, prefs: PreferenceStore, access: AccessPolicy,
-                 fanout: Fanout, redelivery_batch: int) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        cursors: CursorStore,
+        prefs: PreferenceStore,
+        access: AccessPolicy,
+        fanout: Fanout,
+        redelivery_batch: int,
+    ) -> None:
         self._store = store
         self._cursors = cursors
         self._prefs = prefs
@@ -52,24 +59,46 @@ class NotificationService:
         self._fanout = fanout
         self._redelivery_batch = redelivery_batch
 
-    async def notify_user(self, user: str, category: str, title: str, body: str = "",
-                          data: dict[str, Any] | None = None, notification_id: str | None = None) -> NotificationCreated:
+    async def notify_user(
+        self,
+        user: str,
+        category: str,
+        title: str,
+        body: str = "",
+        data: dict[str, Any] | None = None,
+        notification_id: str | None = None,
+    ) -> NotificationCreated:
         """Append to the user's inbox and push it live. A repeated ``notification_id`` has no new effect."""
         return await self._create(user_inbox(user), user, category, title, body, data or {}, notification_id)
 
-    async def notify_boutique(self, boutique: str, category: str, title: str, body: str = "",
-                              data: dict[str, Any] | None = None,
-                              notification_id: str | None = None) -> NotificationCreated:
+    async def notify_boutique(
+        self,
+        boutique: str,
+        category: str,
+        title: str,
+        body: str = "",
+        data: dict[str, Any] | None = None,
+        notification_id: str | None = None,
+    ) -> NotificationCreated:
         """Append to the boutique's shared staff inbox and push it to its staff sockets."""
-        return await self._create(boutique_inbox(boutique), None, category, title, body, data or {},
-                                  notification_id)
+        return await self._create(
+            boutique_inbox(boutique), None, category, title, body, data or {}, notification_id
+        )
 
     async def create(self, req: NotificationCreate) -> NotificationCreated:
         """The ``POST /api/v1/notifications`` effect."""
         return await self.notify_user(req.user, req.category, req.title, req.body, req.data, req.id)
 
-    async def _create(self, stream: str, user: str | None, category: str, title: str, body: str,
-                      data: dict[str, Any], notification_id: str | None) -> NotificationCreated:
+    async def _create(
+        self,
+        stream: str,
+        user: str | None,
+        category: str,
+        title: str,
+        body: str,
+        data: dict[str, Any],
+        notification_id: str | None,
+    ) -> NotificationCreated:
         nid = notification_id or str(ULID())
         ref = parse_stream(stream)
         members = (f"user:{user}",) if user is not None else (f"boutique:{ref.boutique_id}",)
@@ -89,13 +118,19 @@ class NotificationService:
                 room = user_room(user)
             else:
                 assert ref.boutique_id is not None
-                alert, badge, room = True, await self._badge(stream, f"boutique:{ref.boutique_id}"), staff_room(
-                    ref.boutique_id
+                alert, badge, room = (
+                    True,
+                    await self._badge(stream, f"boutique:{ref.boutique_id}"),
+                    staff_room(ref.boutique_id),
                 )
             frame = notification_frame(entry, alert=alert, badge=badge)
             await self._fanout.publish([room], events.NOTIFICATION, to_wire(frame))
         return NotificationCreated(
-            id=entry.client_id, stream=entry.stream, seq=entry.seq, epoch=entry.epoch, duplicate=result.duplicate
+            id=entry.client_id,
+            stream=entry.stream,
+            seq=entry.seq,
+            epoch=entry.epoch,
+            duplicate=result.duplicate,
         )
 
     async def _badge(self, stream: str, party: str) -> int:
@@ -132,7 +167,11 @@ class NotificationService:
         await self._cursors.advance_read(req.stream, principal.party, min(req.seq, head.head if head else 0))
         badge = BadgeFrame(stream=req.stream, badge=await self._badge(req.stream, principal.party))
         ref = parse_stream(req.stream)
-        room = user_room(principal.sub) if ref.kind is StreamKind.USER_INBOX else staff_room(ref.boutique_id or "")
+        room = (
+            user_room(principal.sub)
+            if ref.kind is StreamKind.USER_INBOX
+            else staff_room(ref.boutique_id or "")
+        )
         await self._fanout.publish([room], events.NOTIFY_BADGE, to_wire(badge))
         return badge
 

@@ -31,7 +31,13 @@ from protocol.messages import (
 from storage.base import EventLedger, OrderRecord, OrderStore
 
 STATUS_RANK = {
-    "created": 0, "confirmed": 1, "preparing": 2, "ready": 3, "picked_up": 4, "in_transit": 5, "delivered": 6,
+    "created": 0,
+    "confirmed": 1,
+    "preparing": 2,
+    "ready": 3,
+    "picked_up": 4,
+    "in_transit": 5,
+    "delivered": 6,
     "cancelled": 7,
 }
 
@@ -49,16 +55,21 @@ _SHOPPER_TEXT = {
 def view(order: OrderRecord) -> OrderView:
     """The wire form of an order."""
     return OrderView(
-        order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id, status=order.status,
-        driver_id=order.driver_id, updated_ts=order.updated_ts,
+        order_id=order.order_id,
+        shopper_id=order.shopper_id,
+        boutique_id=order.boutique_id,
+        status=order.status,
+        driver_id=order.driver_id,
+        updated_ts=order.updated_ts,
     )
 
 
 class OrderService:
     """Applies order events and answers order queries with authorization."""
 
-    def __init__(self, orders: OrderStore, ledger: EventLedger, notifications: NotificationService,
-                 fanout: Fanout) -> None:
+    def __init__(
+        self, orders: OrderStore, ledger: EventLedger, notifications: NotificationService, fanout: Fanout
+    ) -> None:
         self._orders = orders
         self._ledger = ledger
         self._notifications = notifications
@@ -84,16 +95,32 @@ class OrderService:
     async def _created(self, event: OrderCreated) -> None:
         existing = await self._orders.get_order(event.order_id)
         order = existing or await self._orders.upsert_order(
-            OrderRecord(order_id=event.order_id, shopper_id=event.shopper_id, boutique_id=event.boutique_id,
-                        status="created", driver_id=None, updated_ts=now_ms())
+            OrderRecord(
+                order_id=event.order_id,
+                shopper_id=event.shopper_id,
+                boutique_id=event.boutique_id,
+                status="created",
+                driver_id=None,
+                updated_ts=now_ms(),
+            )
         )
         data = {"order_id": order.order_id, "status": order.status}
-        await self._notifications.notify_user(order.shopper_id, "order", "Order placed",
-                                              f"Order {order.order_id} was placed", data,
-                                              notification_id=f"{event.event_id}.s")
-        await self._notifications.notify_boutique(order.boutique_id, "order", "New order",
-                                                  f"Order {order.order_id} was placed", data,
-                                                  notification_id=f"{event.event_id}.b")
+        await self._notifications.notify_user(
+            order.shopper_id,
+            "order",
+            "Order placed",
+            f"Order {order.order_id} was placed",
+            data,
+            notification_id=f"{event.event_id}.s",
+        )
+        await self._notifications.notify_boutique(
+            order.boutique_id,
+            "order",
+            "New order",
+            f"Order {order.order_id} was placed",
+            data,
+            notification_id=f"{event.event_id}.b",
+        )
         await self._publish(order)
 
     async def _require(self, order_id: str) -> OrderRecord:
@@ -107,31 +134,66 @@ class OrderService:
         if order.status == "cancelled" or STATUS_RANK[event.status] <= STATUS_RANK.get(order.status, -1):
             return  # stale or repeated: the order already moved past this status
         order = await self._orders.upsert_order(
-            OrderRecord(order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id,
-                        status=event.status, driver_id=order.driver_id, updated_ts=now_ms())
+            OrderRecord(
+                order_id=order.order_id,
+                shopper_id=order.shopper_id,
+                boutique_id=order.boutique_id,
+                status=event.status,
+                driver_id=order.driver_id,
+                updated_ts=now_ms(),
+            )
         )
         data = {"order_id": order.order_id, "status": order.status}
         title = _SHOPPER_TEXT.get(event.status, f"Order {event.status}")
         category = "delivery" if event.status in ("picked_up", "in_transit", "delivered") else "order"
-        await self._notifications.notify_user(order.shopper_id, category, title, f"Order {order.order_id}", data,
-                                              notification_id=f"{event.event_id}.s")
+        await self._notifications.notify_user(
+            order.shopper_id,
+            category,
+            title,
+            f"Order {order.order_id}",
+            data,
+            notification_id=f"{event.event_id}.s",
+        )
         if event.status == "cancelled":
-            await self._notifications.notify_boutique(order.boutique_id, "order", "Order cancelled",
-                                                      f"Order {order.order_id}", data,
-                                                      notification_id=f"{event.event_id}.b")
+            await self._notifications.notify_boutique(
+                order.boutique_id,
+                "order",
+                "Order cancelled",
+                f"Order {order.order_id}",
+                data,
+                notification_id=f"{event.event_id}.b",
+            )
         await self._publish(order)
 
     async def _assigned(self, event: DeliveryAssigned) -> None:
         order = await self._require(event.order_id)
         order = await self._orders.upsert_order(
-            OrderRecord(order_id=order.order_id, shopper_id=order.shopper_id, boutique_id=order.boutique_id,
-                        status=order.status, driver_id=event.driver_id, updated_ts=now_ms())
+            OrderRecord(
+                order_id=order.order_id,
+                shopper_id=order.shopper_id,
+                boutique_id=order.boutique_id,
+                status=order.status,
+                driver_id=event.driver_id,
+                updated_ts=now_ms(),
+            )
         )
         data = {"order_id": order.order_id, "driver_id": event.driver_id}
-        await self._notifications.notify_user(order.shopper_id, "delivery", "A driver is assigned",
-                                              f"Order {order.order_id}", data, notification_id=f"{event.event_id}.s")
-        await self._notifications.notify_user(event.driver_id, "delivery", "New delivery job",
-                                              f"Order {order.order_id}", data, notification_id=f"{event.event_id}.d")
+        await self._notifications.notify_user(
+            order.shopper_id,
+            "delivery",
+            "A driver is assigned",
+            f"Order {order.order_id}",
+            data,
+            notification_id=f"{event.event_id}.s",
+        )
+        await self._notifications.notify_user(
+            event.driver_id,
+            "delivery",
+            "New delivery job",
+            f"Order {order.order_id}",
+            data,
+            notification_id=f"{event.event_id}.d",
+        )
         await self._publish(order)
 
     async def _publish(self, order: OrderRecord) -> None:

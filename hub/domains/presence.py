@@ -41,7 +41,9 @@ class PresenceRegistry:
 
     def snapshot(self, boutiques: list[str]) -> PresenceReply:
         """Current presence of the named boutiques."""
-        return PresenceReply(boutiques=[PresenceFrame(boutique=b, online=self.is_online(b)) for b in boutiques])
+        return PresenceReply(
+            boutiques=[PresenceFrame(boutique=b, online=self.is_online(b)) for b in boutiques]
+        )
 
     async def _announce(self, boutique: str, *, online: bool) -> None:
         frame = PresenceFrame(boutique=boutique, online=online)

@@ -72,7 +72,9 @@ class SyncService:
                     head=head_seq,
                     behind=(head_seq > seq) if valid else head_seq > 0,
                     recovered=valid,
-                    unread=await self._notifications.badge(principal, stream) if stream.startswith("inbox:") else 0,
+                    unread=await self._notifications.badge(principal, stream)
+                    if stream.startswith("inbox:")
+                    else 0,
                 )
             )
         return SyncReply(streams=statuses)
@@ -87,8 +89,9 @@ class SyncService:
         head = await self._store.head(req.stream)
         valid = cursor_valid(head, req.epoch, req.after)
         if head is None:
-            return CatchupPage(stream=req.stream, epoch="", recovered=valid, entries=[], next_after=0, head=0,
-                               has_more=False)
+            return CatchupPage(
+                stream=req.stream, epoch="", recovered=valid, entries=[], next_after=0, head=0, has_more=False
+            )
         after = req.after if valid else 0
         entries = await self._store.read_after(req.stream, after, req.limit)
         next_after = entries[-1].seq if entries else after

@@ -41,7 +41,7 @@ Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 class Connection:
     """State of one connected socket."""
 
-    __slots__ = ("principal", "bucket", "expiry", "closing")
+    __slots__ = ("bucket", "closing", "expiry", "principal")
 
     def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
         self.principal = principal
@@ -59,7 +59,9 @@ def error_payload(code: ErrorCode, message: str) -> dict[str, Any]:
 class SocketGateway:
     """Owns the python-socketio server and every connection on this node."""
 
-    def __init__(self, settings: Settings, metrics: HubMetrics, verifier: TokenVerifier, node_id: str) -> None:
+    def __init__(
+        self, settings: Settings, metrics: HubMetrics, verifier: TokenVerifier, node_id: str
+    ) -> None:
         self._settings = settings
         self._bound: Services | None = None
         self._metrics = metrics
@@ -124,7 +126,9 @@ class SocketGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         closing = [
-            self.close_with(sid, ErrorCode.SERVER_SHUTDOWN, "the hub is restarting; reconnect", reconnect=True)
+            self.close_with(
+                sid, ErrorCode.SERVER_SHUTDOWN, "the hub is restarting; reconnect", reconnect=True
+            )
             for sid in list(self._connections)
         ]
         await asyncio.gather(*closing, return_exceptions=True)
@@ -142,7 +146,8 @@ class SocketGateway:
         if not self._accepting:
             self._metrics.rejected_handshakes.labels("shutdown").inc()
             raise socketio.exceptions.ConnectionRefusedError(
-                "the hub is shutting down", error_payload(ErrorCode.SERVER_SHUTDOWN, "the hub is shutting down")
+                "the hub is shutting down",
+                error_payload(ErrorCode.SERVER_SHUTDOWN, "the hub is shutting down"),
             )
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
@@ -150,7 +155,9 @@ class SocketGateway:
         except SokoError as exc:
             self._metrics.rejected_handshakes.labels(exc.code.slug).inc()
             # The client's connect_error carries {"message": ..., "data": ErrorBody}.
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, error_payload(exc.code, exc.message)) from None
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, error_payload(exc.code, exc.message)
+            ) from None
         conn = Connection(principal, TokenBucket(self._settings.rate_per_second, self._settings.rate_burst))
         delay = max(0.0, principal.expires_at - time.time())
         conn.expiry = asyncio.get_running_loop().call_later(delay, self._expire, sid)
@@ -169,8 +176,12 @@ class SocketGateway:
             await asyncio.sleep(0.01)
         principal = conn.principal
         welcome = m.Welcome(
-            protocol=PROTOCOL_VERSION, user=principal.sub, role=str(principal.role), boutique=principal.boutique,
-            node=self._node_id, token_expires_at=int(principal.expires_at),
+            protocol=PROTOCOL_VERSION,
+            user=principal.sub,
+            role=str(principal.role),
+            boutique=principal.boutique,
+            node=self._node_id,
+            token_expires_at=int(principal.expires_at),
         )
         await self.sio.emit(events.WELCOME, to_wire(welcome), to=sid, namespace=NAMESPACE)
         if principal.role is Role.STAFF and principal.boutique is not None:
@@ -190,8 +201,11 @@ class SocketGateway:
             await self._services.presence.staff_disconnected(conn.principal.boutique)
 
     def _expire(self, sid: str) -> None:
-        self._spawn(self.close_with(sid, ErrorCode.TOKEN_EXPIRED, "token expired; reconnect with a fresh token",
-                                    reconnect=True))
+        self._spawn(
+            self.close_with(
+                sid, ErrorCode.TOKEN_EXPIRED, "token expired; reconnect with a fresh token", reconnect=True
+            )
+        )
 
     async def close_with(self, sid: str, code: ErrorCode, message: str, *, reconnect: bool) -> None:
         """Send ``session.closing`` with ``code``, then disconnect the socket (once)."""
@@ -214,10 +228,12 @@ class SocketGateway:
         if not conn.bucket.take():
             self._metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
             if conn.bucket.strikes > self._settings.rate_strikes:
-                self._spawn(self.close_with(sid, ErrorCode.RATE_LIMITED, "too many events; slow down",
-                                            reconnect=True))
-            return _fail(ErrorCode.RATE_LIMITED,
-                         f"more than {self._settings.rate_per_second:g} events/s; slow down")
+                self._spawn(
+                    self.close_with(sid, ErrorCode.RATE_LIMITED, "too many events; slow down", reconnect=True)
+                )
+            return _fail(
+                ErrorCode.RATE_LIMITED, f"more than {self._settings.rate_per_second:g} events/s; slow down"
+            )
         handler = self._handlers.get(event)
         if handler is None:
             self._metrics.errors.labels(str(int(ErrorCode.UNKNOWN_EVENT))).inc()

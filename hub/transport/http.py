@@ -2,7 +2,7 @@
 
 Service endpoints take ``Authorization: Bearer <JWT>`` with role ``service``, a
 JSON body of at most the frame cap, and answer with the ack envelope: ``200`` with
-``{"ok": true, "data": ...}``, or ``4xx/5xx`` with ``{"ok": false, "error": {code, name, message, temporary}}``.
+``{"ok": true, "data": ...}``, or ``4xx/5xx`` with ``{"ok": false, "error": ErrorBody}``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,16 @@ from protocol.ids import Role
 log = logging.getLogger(__name__)
 
 _STATUS = {
-    ErrorCode.BAD_REQUEST: 400, ErrorCode.INVALID_ID: 400, ErrorCode.TEXT_TOO_LONG: 400,
-    ErrorCode.FRAME_TOO_LARGE: 413, ErrorCode.UNAUTHENTICATED: 401, ErrorCode.TOKEN_EXPIRED: 401,
-    ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409, ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.INVALID_ID: 400,
+    ErrorCode.TEXT_TOO_LONG: 400,
+    ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAVAILABLE: 503,
 }
 
@@ -45,7 +52,9 @@ def error_response(exc: SokoError) -> web.Response:
 class ServiceApi:
     """Routes for other services, monitoring and probes."""
 
-    def __init__(self, verifier: TokenVerifier, metrics: HubMetrics, ready: ReadyCheck, max_body: int) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, metrics: HubMetrics, ready: ReadyCheck, max_body: int
+    ) -> None:
         self._bound: Services | None = None
         self._verifier = verifier
         self._metrics = metrics
@@ -79,7 +88,9 @@ class ServiceApi:
         """Readiness: ``ok`` when every dependency answers, ``degraded`` (503) otherwise."""
         checks = await self._ready()
         healthy = all(v == "ok" for v in checks.values())
-        return _json({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
+        return _json(
+            {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
+        )
 
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
@@ -101,8 +112,9 @@ class ServiceApi:
 
         return await self._service_call(request, "notifications", run)
 
-    async def _service_call(self, request: web.Request, route: str,
-                            run: Callable[[bytes], Awaitable[Any]]) -> web.Response:
+    async def _service_call(
+        self, request: web.Request, route: str, run: Callable[[bytes], Awaitable[Any]]
+    ) -> web.Response:
         try:
             self._authenticate_service(request)
             if request.content_length is not None and request.content_length > self._max_body:

@@ -18,6 +18,8 @@ async def test_shopper_and_staff_chat_both_ways(hub) -> None:  # type: ignore[no
     assert ack["seq"] == 1 and ack["duplicate"] is False
     await staff.wait_for(lambda: staff.texts(stream) == ["is the red dress in stock?"])
     await staff.send(stream, "yes, size M and L")
-    await shopper.wait_for(lambda: shopper.texts(stream) == ["is the red dress in stock?", "yes, size M and L"])
+    await shopper.wait_for(
+        lambda: shopper.texts(stream) == ["is the red dress in stock?", "yes, size M and L"]
+    )
     await shopper.disconnect()
     await staff.disconnect()

@@ -23,8 +23,9 @@ from protocol.ids import Role
 TEST_SECRET = "test-secret-0123456789-0123456789-0123456789"
 
 
-def mint(role: str | Role, sub: str, boutique: str | None = None, ttl: float = 3600.0,
-         secret: str = TEST_SECRET) -> str:
+def mint(
+    role: str | Role, sub: str, boutique: str | None = None, ttl: float = 3600.0, secret: str = TEST_SECRET
+) -> str:
     """A token the test hubs accept."""
     return issue_token(secret, role=Role(role), sub=sub, boutique=boutique, ttl=ttl)
 
@@ -43,8 +44,9 @@ class RunningHub:
     def token(self, role: str | Role, sub: str, boutique: str | None = None, ttl: float = 3600.0) -> str:
         return mint(role, sub, boutique, ttl, secret=self.settings.jwt_secret)
 
-    async def post(self, path: str, body: Any, token: str | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def post(
+        self, path: str, body: Any, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         """POST JSON to the service API; returns (status, parsed JSON body)."""
         hdrs = dict(headers or {})
         if token is not None:
@@ -94,14 +96,20 @@ class HubProcess:
         self.data = data
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "SOKO_JWT_SECRET": TEST_SECRET, "SOKO_LOG_LEVEL": "WARNING",
-                    **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "SOKO_JWT_SECRET": TEST_SECRET,
+            "SOKO_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub.soko", "hub", "--port", str(self.port), "--data", str(self.data)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as http:

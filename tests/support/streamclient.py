@@ -17,8 +17,14 @@ from ulid import ULID
 
 
 class StreamClient:
-    def __init__(self, url: str, token: str, *, transports: list[str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        transports: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.token = token
         self.transports = transports or ["websocket"]
@@ -41,20 +47,27 @@ class StreamClient:
     def _make_live_handler(self, event: str):  # type: ignore[no-untyped-def]
         async def handler(data: Any) -> None:
             self.live.append((event, data))
+
         return handler
 
     def _make_durable_handler(self, event: str):  # type: ignore[no-untyped-def]
         async def handler(data: Any) -> None:
             self.live.append((event, data))
             await self._on_durable(data)
+
         return handler
 
     async def _on_closing(self, data: Any) -> None:
         self.closing.append(data)
 
     async def connect(self, *, sync: bool = True) -> None:
-        await self.sio.connect(self.url, auth={"token": self.token}, transports=self.transports,
-                               headers=self.headers, wait_timeout=10)
+        await self.sio.connect(
+            self.url,
+            auth={"token": self.token},
+            transports=self.transports,
+            headers=self.headers,
+            wait_timeout=10,
+        )
         if sync:
             await self.sync()
 
@@ -71,7 +84,9 @@ class StreamClient:
         return reply["data"]
 
     async def send(self, stream: str, text: str, client_id: str | None = None) -> dict[str, Any]:
-        return await self.ok("chat.send", {"stream": stream, "client_id": client_id or str(ULID()), "text": text})
+        return await self.ok(
+            "chat.send", {"stream": stream, "client_id": client_id or str(ULID()), "text": text}
+        )
 
     async def _on_durable(self, frame: dict[str, Any]) -> None:
         stream, seq = frame["stream"], frame["seq"]
@@ -104,8 +119,15 @@ class StreamClient:
         self._catching.add(stream)
         try:
             while True:
-                page = await self.ok("catchup", {"stream": stream, "epoch": self.epochs.get(stream),
-                                                 "after": self.cursors[stream], "limit": limit})
+                page = await self.ok(
+                    "catchup",
+                    {
+                        "stream": stream,
+                        "epoch": self.epochs.get(stream),
+                        "after": self.cursors[stream],
+                        "limit": limit,
+                    },
+                )
                 if not page["recovered"]:
                     self.resets.append(stream)
                     self.entries[stream] = []
