@@ -27,8 +27,8 @@ class Settings:
     store: str = ""
     """Store URL; empty means ``sqlite:///<data>/soko.db``."""
     broker: str = "memory://"
-    allow_origin: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
-    """Origins allowed at the handshake. Requests without an Origin header (native apps) are allowed."""
+    allow_origin: tuple[str, ...] = ()
+    """Browser Origins allowed besides the hub's own. Requests without an Origin header (native apps) pass."""
     jwt_secret: str = ""
     """HS256 secret; empty means the secret file in the data dir (created 0600 on first use)."""
     jwt_public_key: str = ""

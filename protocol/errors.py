@@ -27,7 +27,6 @@ class ErrorCode(enum.IntEnum):
     RATE_LIMITED = 3001
     SLOW_CONSUMER = 3002
     SERVER_SHUTDOWN = 3003
-    NAMESPACE_TIMEOUT = 3004
     NOT_FOUND = 4001
     CONFLICT = 4002
     INTERNAL = 5000
@@ -49,7 +48,6 @@ _TEMPORARY = frozenset(
         ErrorCode.RATE_LIMITED,
         ErrorCode.SLOW_CONSUMER,
         ErrorCode.SERVER_SHUTDOWN,
-        ErrorCode.NAMESPACE_TIMEOUT,
         ErrorCode.INTERNAL,
         ErrorCode.UNAVAILABLE,
         ErrorCode.TOKEN_EXPIRED,

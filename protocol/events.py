@@ -1,7 +1,8 @@
 """Socket.IO event names, and which request Struct each client event carries.
 
 Every client -> server event expects an ack; the ack payload is always an
-``AckOk`` or ``AckError`` envelope (see :mod:`protocol.messages`).
+``AckOk`` or ``AckError`` envelope (see :mod:`protocol.messages`). A request sent
+without an ack callback gets no answer, so its failure is only counted in metrics.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ NOTIFY_BADGE: Final = "notify.badge"
 PRESENCE: Final = "presence"
 ORDER_UPDATED: Final = "order.updated"
 SESSION_CLOSING: Final = "session.closing"
-ERROR: Final = "error"
 
 CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     SYNC: m.SyncRequest,
@@ -84,6 +84,5 @@ SERVER_EVENTS: Final[dict[str, type[m.Frame]]] = {
     PRESENCE: m.PresenceFrame,
     ORDER_UPDATED: m.OrderUpdatedFrame,
     SESSION_CLOSING: m.SessionClosing,
-    ERROR: m.ErrorEvent,
 }
 """Server event -> the Struct it carries."""

@@ -404,13 +404,6 @@ class SessionClosing(Frame):
     reconnect: bool
 
 
-class ErrorEvent(Frame):
-    """``error``: a failed request that carried no ack callback."""
-
-    event: str
-    error: ErrorBody
-
-
 class Welcome(Frame):
     """``welcome``: first frame after connect."""
 

@@ -26,6 +26,7 @@ from hub.metrics import HubMetrics
 from hub.services import Services
 from hub.transport.fanout import FanoutManager
 from hub.transport.json_codec import OrjsonForSocketIO
+from hub.transport.origin import OriginPolicy
 from protocol import PROTOCOL_VERSION, events
 from protocol import messages as m
 from protocol.codec import decode_value, to_wire
@@ -72,6 +73,7 @@ class SocketGateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._accepting = True
+        self.origins = OriginPolicy(settings.allow_origin)
         self.manager = FanoutManager(
             max_queue=settings.send_queue_max, on_slow_consumer=lambda _sid: metrics.fanout_drops.inc()
         )
@@ -79,7 +81,7 @@ class SocketGateway:
             async_mode="aiohttp",
             client_manager=self.manager,
             json=OrjsonForSocketIO,
-            cors_allowed_origins=list(settings.allow_origin),
+            cors_allowed_origins=self.origins.for_engineio,
             max_http_buffer_size=settings.max_frame_bytes,
             async_handlers=False,  # one connection's events are handled in order
             ping_interval=settings.ping_interval,
@@ -107,7 +109,8 @@ class SocketGateway:
         return self._bound
 
     def attach(self, app: web.Application) -> None:
-        """Serve Socket.IO at ``/socket.io/`` on ``app``."""
+        """Serve Socket.IO at ``/socket.io/`` on ``app``, behind the Origin check."""
+        app.middlewares.append(self.origins.middleware())
         self.sio.attach(app, socketio_path="socket.io")
 
     async def start(self) -> None:
