@@ -62,7 +62,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[NODE] = node
     app[SERVICES] = services
-    await node.start(app[GATEWAY].deliver_local)
+    await node.start(app[GATEWAY])
     await app[GATEWAY].start()
     log.info(
         "hub node %s ready (store %s, broker %s)",

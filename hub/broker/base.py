@@ -1,26 +1,43 @@
 """The broker contract.
 
-Pub/sub between nodes is at-most-once: a frame published while a node is cut off
-from the broker is not replayed. Durable history lives in the store, and clients
-heal gaps by catch-up.
+Pub/sub between nodes is at-most-once: an envelope published while a node is cut
+off from the broker is not replayed. Durable history lives in the store, and
+clients heal gaps by catch-up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
-DeliverLocal = Callable[[Sequence[str], str, Any, str | None], Awaitable[None]]
-"""Emit to this node's sockets in rooms: (rooms, event, data, skip_connection)."""
+import msgspec
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What travels between nodes.
+
+    ``emit``: deliver ``event``/``data`` to the sockets in ``rooms``, except ``skip``.
+    ``evict``: remove the sockets that are in ``holders`` from every room in ``rooms``.
+    """
+
+    kind: Literal["emit", "evict"]
+    rooms: tuple[str, ...]
+    event: str = ""
+    data: Any = None
+    skip: str | None = None
+    holders: str = ""
+
+
+OnEnvelope = Callable[[Envelope], Awaitable[None]]
 
 
 class Broker(Protocol):
-    async def start(self, deliver: DeliverLocal) -> None:
-        """Begin delivering published frames, from every node, through ``deliver``."""
+    async def start(self, on_envelope: OnEnvelope) -> None:
+        """Begin handing envelopes published by every node (this one included) to ``on_envelope``."""
         ...
 
-    async def publish(self, rooms: Sequence[str], event: str, data: Any, skip: str | None) -> None:
-        """Send a frame to every node (this one included)."""
+    async def publish(self, envelope: Envelope) -> None:
+        """Send an envelope to every node (this one included)."""
         ...
 
     def healthy(self) -> bool:

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from hub.broker.base import DeliverLocal
+from hub.broker.base import Envelope, OnEnvelope
 
 
 class MemoryBroker:
     """The in-process broker for a single hub node (``memory://``)."""
 
     def __init__(self) -> None:
-        self._deliver: DeliverLocal | None = None
+        self._on_envelope: OnEnvelope | None = None
 
-    async def start(self, deliver: DeliverLocal) -> None:
-        self._deliver = deliver
+    async def start(self, on_envelope: OnEnvelope) -> None:
+        self._on_envelope = on_envelope
 
-    async def publish(self, rooms: Sequence[str], event: str, data: Any, skip: str | None) -> None:
-        if self._deliver is None:
+    async def publish(self, envelope: Envelope) -> None:
+        if self._on_envelope is None:
             raise RuntimeError("broker not started")
-        await self._deliver(rooms, event, data, skip)
+        await self._on_envelope(envelope)
 
     def healthy(self) -> bool:
         return True
 
     async def close(self) -> None:
-        self._deliver = None
+        self._on_envelope = None
 
 
 def open_broker(url: str) -> MemoryBroker:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hub.auth import Principal
 from hub.domains.ports import staff_room, user_room
 from protocol.errors import ErrorCode, SokoError
-from protocol.ids import Role, StreamKind, parse_stream
+from protocol.ids import Role, StreamKind, order_chat, parse_stream
 from storage.base import OrderRecord, OrderStore
 
 
@@ -50,6 +50,15 @@ class AccessPolicy:
 
     def __init__(self, orders: OrderStore) -> None:
         self._orders = orders
+
+    async def driver_order_chats(self, driver_id: str, limit: int) -> list[str]:
+        """Chat streams of the orders currently assigned to ``driver_id``, newest order first.
+
+        Derived from the orders, not from stream membership, so a driver assigned to an
+        order after its chat began still finds the chat.
+        """
+        orders = await self._orders.orders_for(field="driver_id", value=driver_id, limit=limit)
+        return [order_chat(o.order_id) for o in orders]
 
     async def stream_access(self, principal: Principal, stream: str, *, write: bool) -> StreamAccess:
         """Return the stream's parties when ``principal`` may read it (or write, if ``write``).

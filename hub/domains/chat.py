@@ -30,13 +30,14 @@ from protocol.messages import (
     TypingFrame,
     TypingRequest,
 )
-from storage.base import CursorStore, StreamStore
+from storage.base import CursorStore, StreamHead, StreamStore
 
-_CONTROL = {c: None for c in range(32) if c not in (9, 10, 13)}
+_CONTROL = {c: None for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A, 0x0D)}
+"""C0 and C1 control characters and DEL, except tab, line feed and carriage return."""
 
 
 def clean_text(text: str) -> str:
-    """Strip control characters (keeping tab and newlines) and enforce the length cap.
+    """Strip C0/C1 control characters and DEL (keeping tab and newlines) and enforce the length cap.
 
     Text is stored and returned as inert text: it is never interpreted as markup here,
     and clients must render it as text.
@@ -149,12 +150,17 @@ class ChatService:
 
     async def conversations(self, principal: Principal, limit: int) -> ConversationList:
         """The caller's conversations, newest activity first, with unread counts."""
+        heads: list[StreamHead] = []
         if principal.role is Role.STAFF:
             heads = await self._store.streams_of(principal.party, "chat:b:", limit)
-        elif principal.role in (Role.SHOPPER, Role.DRIVER):
+        elif principal.role is Role.SHOPPER:
             heads = await self._store.streams_of(principal.party, "chat:", limit)
-        else:
-            heads = []
+        elif principal.role is Role.DRIVER:
+            for stream in await self._access.driver_order_chats(principal.sub, limit):
+                head = await self._store.head(stream)
+                if head is not None:
+                    heads.append(head)
+            heads.sort(key=lambda h: h.last_ts, reverse=True)
         result: list[Conversation] = []
         for head in heads:
             try:

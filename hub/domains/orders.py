@@ -13,7 +13,7 @@ from __future__ import annotations
 from hub.auth import Principal
 from hub.domains.access import can_view_order, forbidden
 from hub.domains.notifications import NotificationService
-from hub.domains.ports import Fanout, now_ms, order_room
+from hub.domains.ports import Fanout, now_ms, order_room, user_room
 from protocol import events
 from protocol.codec import to_wire
 from protocol.errors import ErrorCode, SokoError
@@ -167,6 +167,7 @@ class OrderService:
 
     async def _assigned(self, event: DeliveryAssigned) -> None:
         order = await self._require(event.order_id)
+        previous = order.driver_id
         order = await self._orders.upsert_order(
             OrderRecord(
                 order_id=order.order_id,
@@ -177,6 +178,9 @@ class OrderService:
                 updated_ts=now_ms(),
             )
         )
+        if previous is not None and previous != event.driver_id:
+            # The old driver loses the order: its sockets stop receiving the order's updates.
+            await self._fanout.evict([order_room(order.order_id)], user_room(previous))
         data = {"order_id": order.order_id, "driver_id": event.driver_id}
         await self._notifications.notify_user(
             order.shopper_id,

@@ -21,6 +21,10 @@ class Fanout(Protocol):
         """Deliver ``event`` to ``rooms``, except the connection ``skip``."""
         ...
 
+    async def evict(self, rooms: Sequence[str], holders: str) -> None:
+        """On every node, make the sockets in room ``holders`` leave ``rooms`` (access was revoked)."""
+        ...
+
 
 def now_ms() -> int:
     """Wall-clock milliseconds since the Unix epoch."""

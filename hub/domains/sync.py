@@ -41,7 +41,9 @@ class SyncService:
     async def visible_streams(self, principal: Principal) -> list[str]:
         """Inboxes plus conversations the principal may read, deduplicated."""
         streams = self._notifications.inboxes_of(principal)
-        prefix = {Role.STAFF: "chat:b:", Role.SHOPPER: "chat:", Role.DRIVER: "chat:o:"}.get(principal.role)
+        if principal.role is Role.DRIVER:
+            streams += await self._access.driver_order_chats(principal.sub, MAX_VISIBLE_CONVERSATIONS)
+        prefix = {Role.STAFF: "chat:b:", Role.SHOPPER: "chat:"}.get(principal.role)
         if prefix is not None:
             for head in await self._store.streams_of(principal.party, prefix, MAX_VISIBLE_CONVERSATIONS):
                 try:

@@ -48,6 +48,9 @@ DEFAULT_MAX_QUEUE: Final = 1000
 SLOW_CONSUMER_REASON: Final = "slow consumer"
 """The ``reason`` the server's ``disconnect`` handlers receive for an evicted slow consumer."""
 
+_CLOSE_POLL_INTERVAL: Final = 0.1
+"""Seconds between checks whether an evicted connection has closed by itself."""
+
 _SLOW_CONSUMER_MESSAGE: Final = "the connection fell behind the live stream; reconnect and catch up"
 
 
@@ -229,7 +232,11 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         try:
             await socket.close(wait=False, abort=False, reason=SLOW_CONSUMER_REASON)
             if transport is not None:
-                await asyncio.sleep(self.close_timeout)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.close_timeout
+                # a transport has no close notification to wait on, so poll it
+                while not transport.is_closing() and loop.time() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(min(_CLOSE_POLL_INTERVAL, deadline - loop.time()))
                 if not transport.is_closing():
                     transport.abort()
         except asyncio.CancelledError:

@@ -121,6 +121,12 @@ class SocketGateway:
         """Emit to this node's sockets in ``rooms`` (the broker calls this)."""
         await self.sio.emit(event, data, to=list(rooms), skip_sid=skip, namespace=NAMESPACE)
 
+    async def evict_local(self, rooms: Sequence[str], holders: str) -> None:
+        """Make this node's sockets in room ``holders`` leave ``rooms``."""
+        for sid, _eio_sid in list(self.manager.get_participants(NAMESPACE, holders)):
+            for room in rooms:
+                await self.sio.leave_room(sid, room, namespace=NAMESPACE)
+
     async def shutdown(self) -> None:
         """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
         self._accepting = False
@@ -349,11 +355,25 @@ class SocketGateway:
                     if now - since >= timeout:
                         del self._unbound_since[eio_sid]
                         self._metrics.rejected_handshakes.labels("namespace_timeout").inc()
-                        await self.sio.eio.disconnect(eio_sid)
+                        await self._close_unbound(eio_sid)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("namespace watchdog iteration failed; continuing")
+
+    async def _close_unbound(self, eio_sid: str) -> None:
+        """Close the Engine.IO session and, for a websocket, its TCP connection.
+
+        Engine.IO's close only queues a CLOSE packet; a peer that ignores it would keep
+        the connection until the ping timeout, which is what the watchdog prevents.
+        """
+        environ = self.sio.environ.get(eio_sid) or {}
+        request = environ.get("aiohttp.request")
+        await self.sio.eio.disconnect(eio_sid)
+        if request is not None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
