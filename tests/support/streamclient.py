@@ -38,6 +38,7 @@ class StreamClient:
         self.resets: list[str] = []
         self._lock = asyncio.Lock()
         self._catching: set[str] = set()
+        self._buffered: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for event in ("chat.message", "notification"):
             self.sio.on(event, self._make_durable_handler(event))
         for event in ("chat.read", "chat.typing", "presence", "order.updated", "notify.badge", "welcome"):
@@ -91,7 +92,8 @@ class StreamClient:
     async def _on_durable(self, frame: dict[str, Any]) -> None:
         stream, seq = frame["stream"], frame["seq"]
         if stream in self._catching:
-            return  # catch-up in progress will fetch it in order
+            self._buffered[stream].append(frame)  # applied in order once the catch-up ends
+            return
         if self.epochs.get(stream) not in (None, frame["epoch"]):
             await self.catch_up(stream)
             return
@@ -140,6 +142,12 @@ class StreamClient:
                     break
         finally:
             self._catching.discard(stream)
+        for frame in sorted(self._buffered.pop(stream, []), key=lambda f: f["seq"]):
+            if frame["epoch"] == self.epochs.get(stream) and frame["seq"] == self.cursors[stream] + 1:
+                self._apply(frame)
+            elif frame["seq"] > self.cursors[stream] + 1:
+                await self.catch_up(stream)  # still a gap: page again
+                return
 
     def texts(self, stream: str) -> list[str]:
         return [e["text"] for e in self.entries[stream]]
