@@ -55,7 +55,7 @@ class Settings:
     @property
     def store_url(self) -> str:
         """The effective store URL."""
-        return self.store or f"sqlite:///{self.data.resolve() / 'soko.db'}"
+        return self.store or f"sqlite:///{self.data / 'soko.db'}"
 
     @classmethod
     def from_env(

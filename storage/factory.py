@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlparse
 
 from storage.base import Store
@@ -19,8 +18,5 @@ async def open_store(url: str) -> Store:
     if scheme == "sqlite":
         from storage.sqlite import SqliteStore
 
-        path = url.removeprefix("sqlite:///")
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteStore.open(path)
+        return await SqliteStore.open(url.removeprefix("sqlite:///"))
     raise ValueError(f"unknown store URL scheme {scheme!r}: use sqlite:///path/to/file.db")

@@ -16,6 +16,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from ulid import ULID
@@ -116,13 +117,15 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
-        """Open (creating if needed) the database at ``path`` and its schema."""
+        """Open (creating the file, its directory and the schema if needed) the database at ``path``."""
         store = cls(path)
         await store._start()
         return store
 
     async def _start(self) -> None:
         def init_writer() -> None:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _connect(self._path)
             self._writer.executescript(_SCHEMA)
 
@@ -480,8 +483,9 @@ class SqliteStore:
         await self._run_read(close_reader)
         await self._run_write(close_writer)
         self._closed = True
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
+        # Both connections are closed and no work is queued: the idle threads exit on their own.
+        self._writer_pool.shutdown(wait=False)
+        self._reader_pool.shutdown(wait=False)
 
 
 def _order(row: tuple[str, str, str, str, str | None, int]) -> OrderRecord:

@@ -8,13 +8,21 @@ runs ``soko hub`` as a real subprocess for signal tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from tests.support.hub import RunningHub, start_hub
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which our packages make a blocking call on the running event loop."""
+    with blockbuster_ctx(["protocol", "storage", "hub", "clients", "edge"]) as bb:
+        yield bb
 
 
 @pytest.fixture

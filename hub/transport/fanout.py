@@ -40,7 +40,7 @@ from protocol.errors import ErrorBody, ErrorCode
 from protocol.events import SESSION_CLOSING
 from protocol.messages import SessionClosing
 
-__all__ = ["DEFAULT_MAX_QUEUE", "SLOW_CONSUMER_REASON", "FanoutManager"]
+__all__ = ["DEFAULT_MAX_QUEUE", "SLOW_CONSUMER_REASON", "Abortable", "FanoutManager", "websocket_transport"]
 
 DEFAULT_MAX_QUEUE: Final = 1000
 """Default bound, in Engine.IO frames, of one connection's send queue."""
@@ -54,7 +54,7 @@ _CLOSE_POLL_INTERVAL: Final = 0.1
 _SLOW_CONSUMER_MESSAGE: Final = "the connection fell behind the live stream; reconnect and catch up"
 
 
-class _Abortable(Protocol):
+class Abortable(Protocol):
     """What is used of a TCP transport (asyncio's or uvloop's, which do not share a base class)."""
 
     def is_closing(self) -> bool: ...
@@ -223,12 +223,12 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
                 self._on_slow_consumer(sid)
             except Exception:
                 self._get_logger().exception("on_slow_consumer callback failed")
-        transport = self._websocket_transport(eio_sid)
+        transport = websocket_transport(self.server, eio_sid)
         task = asyncio.get_running_loop().create_task(self._close_slow(eio_sid, socket, transport))
         self._eviction_tasks.add(task)
         task.add_done_callback(self._eviction_tasks.discard)
 
-    async def _close_slow(self, eio_sid: str, socket: Any, transport: _Abortable | None) -> None:
+    async def _close_slow(self, eio_sid: str, socket: Any, transport: Abortable | None) -> None:
         try:
             await socket.close(wait=False, abort=False, reason=SLOW_CONSUMER_REASON)
             if transport is not None:
@@ -246,19 +246,20 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         finally:
             self._evicting.discard(eio_sid)
 
-    def _websocket_transport(self, eio_sid: str) -> _Abortable | None:
-        """The TCP transport of a session that connected directly over websocket on aiohttp.
+def websocket_transport(server: Any, eio_sid: str) -> Abortable | None:
+    """The TCP transport of a session that connected directly over websocket on aiohttp.
 
-        python-socketio keeps only the environ of the request that opened the session.
-        For a session that started on polling and upgraded, that request is an HTTP
-        poll, not the websocket, so None is returned and no abort happens.
-        """
-        environ = self.server.environ.get(eio_sid) or {}
-        request = environ.get("aiohttp.request")
-        if request is None or environ.get("HTTP_UPGRADE", "").lower() != "websocket":
-            return None
-        transport: _Abortable | None = request.transport
-        return transport
+    python-socketio keeps only the environ of the request that opened the session.
+    For a session that started on polling and upgraded, that request is an HTTP
+    poll, not the websocket, so None is returned: aborting it could cut an unrelated
+    keep-alive connection.
+    """
+    environ = server.environ.get(eio_sid) or {}
+    request = environ.get("aiohttp.request")
+    if request is None or environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+        return None
+    transport: Abortable | None = request.transport
+    return transport
 
 
 def _slow_consumer_frame() -> Any:

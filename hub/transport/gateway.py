@@ -24,7 +24,7 @@ from hub.domains.ports import order_room, presence_room, staff_room, user_room
 from hub.limits import TokenBucket
 from hub.metrics import HubMetrics
 from hub.services import Services
-from hub.transport.fanout import FanoutManager
+from hub.transport.fanout import FanoutManager, websocket_transport
 from hub.transport.json_codec import OrjsonForSocketIO
 from hub.transport.origin import OriginPolicy
 from protocol import PROTOCOL_VERSION, events
@@ -36,6 +36,8 @@ from protocol.ids import Role
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+UNBOUND_ABORT_GRACE = 1.0
+"""Seconds a session closed by the namespace watchdog has to close its websocket before it is aborted."""
 Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 
 
@@ -217,7 +219,7 @@ class SocketGateway:
         )
 
     async def close_with(self, sid: str, code: ErrorCode, message: str, *, reconnect: bool) -> None:
-        """Send ``session.closing`` with ``code``, then disconnect the socket (once)."""
+        """Send ``session.closing`` with ``code``, then close the connection (once)."""
         conn = self._connections.get(sid)
         if conn is None or conn.closing:
             return
@@ -225,7 +227,11 @@ class SocketGateway:
         closing = {"error": error_payload(code, message), "reconnect": reconnect}
         with contextlib.suppress(Exception):
             await self.sio.emit(events.SESSION_CLOSING, closing, to=sid, namespace=NAMESPACE)
-        await self.sio.disconnect(sid, namespace=NAMESPACE)
+        # Closing the Engine.IO session (not a Socket.IO DISCONNECT, which official clients
+        # take as "do not reconnect") lets clients reconnect on their own.
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is not None:
+            await self._close_session(eio_sid, code.slug)
 
     # ------------------------------------------------------------------ events
 
@@ -367,13 +373,24 @@ class SocketGateway:
         Engine.IO's close only queues a CLOSE packet; a peer that ignores it would keep
         the connection until the ping timeout, which is what the watchdog prevents.
         """
-        environ = self.sio.environ.get(eio_sid) or {}
-        request = environ.get("aiohttp.request")
-        await self.sio.eio.disconnect(eio_sid)
-        if request is not None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-            transport = request.transport
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        transport = websocket_transport(self.sio, eio_sid)
+        await self._close_session(eio_sid, "namespace timeout")
+        if transport is not None:
+            # Give the CLOSE packet a moment to be written, then cut a peer that ignores it.
+            asyncio.get_running_loop().call_later(
+                UNBOUND_ABORT_GRACE, lambda: None if transport.is_closing() else transport.abort()
+            )
+
+    async def _close_session(self, eio_sid: str, reason: str) -> None:
+        """Close an Engine.IO session without waiting for its queue to drain.
+
+        Frames already queued (such as ``session.closing``) are still written before
+        the CLOSE packet. Never waits on the peer: engineio's waiting close can hang
+        forever on a polling session whose client stopped polling.
+        """
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closed and not socket.closing:
+            await socket.close(wait=False, abort=False, reason=reason)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:

@@ -48,11 +48,7 @@ def test_wrong_type_is_bad_request() -> None:
     assert _code(["chat:o:o1"], m.TypingRequest) == ErrorCode.BAD_REQUEST
 
 
-
-
-@pytest.mark.parametrize(
-    "bad", ["", "a" * 65, "a b", "a/b", "a:b", "a.b", "é", "abc\n"]
-)
+@pytest.mark.parametrize("bad", ["", "a" * 65, "a b", "a/b", "a:b", "a.b", "é", "abc\n"])
 def test_bad_id_pattern_is_invalid_id(bad: str) -> None:
     assert _code({"order_id": bad}, m.OrderWatchRequest) == ErrorCode.INVALID_ID
 
