@@ -246,6 +246,7 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         finally:
             self._evicting.discard(eio_sid)
 
+
 def websocket_transport(server: Any, eio_sid: str) -> Abortable | None:
     """The TCP transport of a session that connected directly over websocket on aiohttp.
 

@@ -371,7 +371,9 @@ async def test_flood_is_throttled_then_disconnected_and_others_unaffected(  # ty
         closing = [args[0] for event, args in drain(flooder) if event == "session.closing"]
         assert len(closing) == 1, closing
         assert closing[0]["error"]["code"] == 3001 and closing[0]["reconnect"] is True
-        assert flooder.close_reason == "eio close"  # an Engine.IO close: official clients reconnect by themselves
+        assert (
+            flooder.close_reason == "eio close"
+        )  # an Engine.IO close: official clients reconnect by themselves
 
         assert not bystander.closed.is_set()
         assert (await expect_ok(bystander, "chat.list", {}))["conversations"] == []
