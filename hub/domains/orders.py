@@ -10,6 +10,8 @@ a stale status is ignored and reported as such.
 
 from __future__ import annotations
 
+import msgspec
+
 from hub.auth import Principal
 from hub.domains.access import can_view_order, forbidden
 from hub.domains.notifications import NotificationService
@@ -134,14 +136,7 @@ class OrderService:
         if order.status == "cancelled" or STATUS_RANK[event.status] <= STATUS_RANK.get(order.status, -1):
             return  # stale or repeated: the order already moved past this status
         order = await self._orders.upsert_order(
-            OrderRecord(
-                order_id=order.order_id,
-                shopper_id=order.shopper_id,
-                boutique_id=order.boutique_id,
-                status=event.status,
-                driver_id=order.driver_id,
-                updated_ts=now_ms(),
-            )
+            msgspec.structs.replace(order, status=event.status, updated_ts=now_ms())
         )
         data = {"order_id": order.order_id, "status": order.status}
         title = _SHOPPER_TEXT.get(event.status, f"Order {event.status}")
@@ -169,14 +164,7 @@ class OrderService:
         order = await self._require(event.order_id)
         previous = order.driver_id
         order = await self._orders.upsert_order(
-            OrderRecord(
-                order_id=order.order_id,
-                shopper_id=order.shopper_id,
-                boutique_id=order.boutique_id,
-                status=order.status,
-                driver_id=event.driver_id,
-                updated_ts=now_ms(),
-            )
+            msgspec.structs.replace(order, driver_id=event.driver_id, updated_ts=now_ms())
         )
         if previous is not None and previous != event.driver_id:
             # The old driver loses the order: its sockets stop receiving the order's updates.
