@@ -44,13 +44,14 @@ Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 class Connection:
     """State of one connected socket."""
 
-    __slots__ = ("bucket", "closing", "expiry", "principal")
+    __slots__ = ("bucket", "closing", "counted_present", "expiry", "principal")
 
     def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
         self.principal = principal
         self.bucket = bucket
         self.expiry: asyncio.TimerHandle | None = None
         self.closing = False
+        self.counted_present = False
 
 
 def error_payload(code: ErrorCode, message: str) -> dict[str, Any]:
@@ -194,8 +195,11 @@ class SocketGateway:
             node=self._node_id,
             token_expires_at=int(principal.expires_at),
         )
+        if self._connections.get(sid) is not conn:
+            return  # gone before it was fully connected
         await self.sio.emit(events.WELCOME, to_wire(welcome), to=sid, namespace=NAMESPACE)
         if principal.role is Role.STAFF and principal.boutique is not None:
+            conn.counted_present = True  # before the await, so a disconnect meanwhile uncounts it
             await self._services.presence.staff_connected(principal.boutique)
         for frame in await self._services.notifications.pending_for(principal):
             await self.sio.emit(events.NOTIFICATION, to_wire(frame), to=sid, namespace=NAMESPACE)
@@ -208,7 +212,7 @@ class SocketGateway:
         if conn.expiry is not None:
             conn.expiry.cancel()
         self._services.chat.forget_connection(sid)
-        if conn.principal.role is Role.STAFF and conn.principal.boutique is not None:
+        if conn.counted_present and conn.principal.boutique is not None:
             await self._services.presence.staff_disconnected(conn.principal.boutique)
 
     def _expire(self, sid: str) -> None:
