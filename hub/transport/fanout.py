@@ -36,7 +36,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from protocol.codec import to_wire
-from protocol.errors import ErrorBody, ErrorCode
+from protocol.errors import ErrorCode, SokoError
 from protocol.events import SESSION_CLOSING
 from protocol.messages import SessionClosing
 
@@ -264,9 +264,8 @@ def websocket_transport(server: Any, eio_sid: str) -> Abortable | None:
 
 
 def _slow_consumer_frame() -> Any:
-    code = ErrorCode.SLOW_CONSUMER
-    body = ErrorBody(code=int(code), name=code.slug, message=_SLOW_CONSUMER_MESSAGE, temporary=code.temporary)
-    return to_wire(SessionClosing(error=body, reconnect=True))
+    error = SokoError(ErrorCode.SLOW_CONSUMER, _SLOW_CONSUMER_MESSAGE).body()
+    return to_wire(SessionClosing(error=error, reconnect=True))
 
 
 def _as_set(skip_sid: Any) -> frozenset[Any]:

@@ -228,7 +228,7 @@ class SocketGateway:
         if conn is None or conn.closing:
             return
         conn.closing = True
-        closing = {"error": error_payload(code, message), "reconnect": reconnect}
+        closing = to_wire(m.SessionClosing(error=SokoError(code, message).body(), reconnect=reconnect))
         with contextlib.suppress(Exception):
             await self.sio.emit(events.SESSION_CLOSING, closing, to=sid, namespace=NAMESPACE)
         # Closing the Engine.IO session (not a Socket.IO DISCONNECT, which official clients
