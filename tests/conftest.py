@@ -8,6 +8,7 @@ runs ``soko hub`` as a real subprocess for signal tests.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,12 +17,16 @@ import pytest_asyncio
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from tests.support.hub import RunningHub, start_hub
+from tests.support.mongo import SecantusServer
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
     """Fail any test in which our packages make a blocking call on the running event loop."""
     with blockbuster_ctx(["protocol", "storage", "hub", "clients", "edge"]) as bb:
+        # pymongo stats /.dockerenv once per connection pool it creates, to describe its host.
+        bb.functions["os.stat"].can_block_in("pymongo/pool_options.py", "get_container_env_info")
         yield bb
 
 
@@ -52,3 +57,27 @@ async def hub_factory(data_dir: Path) -> AsyncIterator[object]:
 async def hub(hub_factory) -> RunningHub:  # type: ignore[no-untyped-def]
     """One running hub with default settings."""
     return await hub_factory()
+
+
+@pytest_asyncio.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A fresh ``redis-server`` on a random port; tests may ``kill()`` and ``start()`` it again."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusServer]:
+    """One SecantusDB (MongoDB wire protocol) server process for the whole session, on a random port."""
+    server = SecantusServer(tmp_path_factory.mktemp("secantus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(secantus: SecantusServer) -> str:
+    """``mongodb://127.0.0.1:<port>/soko_<uuid>``: a fresh, empty database on the session's server."""
+    return secantus.url(f"soko_{uuid.uuid4().hex}")

@@ -1,11 +1,11 @@
 """The storage contract suite: every guarantee of :mod:`storage.base`, run against every backend.
 
-Each backend is one entry in ``BACKENDS``: an async context manager that, given a per-test
-directory, provides whatever the backend needs (a file, a server) and yields a store URL
-that :func:`storage.open_store` understands. Opening the same URL again must reach the same
-data: that is how durability across close + reopen is tested. To add MongoDB, add a
-``"mongo"`` entry that starts (or points at) a server and yields a ``mongodb://`` URL with a
-fresh database name.
+Each backend is one entry in ``BACKENDS``: an async context manager that, given the test's
+fixture request and a per-test directory, provides whatever the backend needs (a file, a
+server) and yields a store URL that :func:`storage.open_store` understands. Opening the
+same URL again must reach the same data: that is how durability across close + reopen is
+tested. ``mongo`` is a fresh database on the session's SecantusDB server (``mongo_url`` in
+``tests/conftest.py``), a MongoDB-wire-compatible server in its own process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 import pytest_asyncio
 
@@ -23,12 +24,19 @@ from storage.base import OrderRecord, StoredEntry, StreamHead
 
 
 @asynccontextmanager
-async def sqlite_backend(tmp: Path) -> AsyncIterator[str]:
+async def sqlite_backend(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[str]:
     yield f"sqlite:///{tmp}/x.db"
 
 
-BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[str]]] = {
+@asynccontextmanager
+async def mongo_backend(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[str]:
+    url: str = request.getfixturevalue("mongo_url")
+    yield url
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[str]]] = {
     "sqlite": sqlite_backend,
+    "mongo": mongo_backend,
 }
 
 TS0 = 1_700_000_000_000
@@ -36,7 +44,7 @@ TS0 = 1_700_000_000_000
 
 @pytest_asyncio.fixture(params=sorted(BACKENDS))
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with BACKENDS[request.param](tmp_path) as url:
+    async with BACKENDS[request.param](request, tmp_path) as url:
         yield url
 
 
@@ -537,6 +545,37 @@ async def test_mark_seen_records_once(store: Store) -> None:
     assert await store.seen("evt-2") is False
     results = await asyncio.gather(*(store.mark_seen("evt-3", TS0) for _ in range(10)))
     assert sorted(results) == [False] * 9 + [True]
+
+
+# ---------------------------------------------------------------------------------------- plain values
+
+
+@pytest.mark.asyncio
+async def test_results_are_plain_python_values(store: Store) -> None:
+    """The hub hands these to its wire codec as they are: a driver's own integer type (BSON's
+    Int64 for a millisecond ts) or byte type would fail to encode there."""
+    stream = "inbox:u:alice"
+    appended = [await put(store, stream, 3, author="soko", start_ts=TS0 * 1000)]
+    await store.ack(stream, "alice", [2])
+    await store.upsert_order(order("o1", driver="d1", ts=TS0 * 1000))
+    structs = [
+        *appended,
+        await store.read_after(stream, 0, 10),
+        await store.read_before(stream, None, 10),
+        await store.unacked(stream, "alice", 10),
+        await store.head(stream),
+        await store.streams_of("user:alice", "", 10),
+        await store.get_order("o1"),
+        await store.orders_for(field="driver_id", value="d1", limit=10),
+    ]
+    msgspec.to_builtins(structs)  # raises on anything but plain values
+    numbers = [
+        await store.advance_read(stream, "user:alice", 2),
+        *(await store.read_positions(stream)).values(),
+        await store.count_after(stream, 0),
+    ]
+    assert [type(n) for n in numbers] == [int, int, int]
+    assert [type(e.payload) for e in await store.read_after(stream, 0, 10)] == [bytes] * 3
 
 
 # ---------------------------------------------------------------------------------------- lifecycle
