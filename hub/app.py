@@ -7,14 +7,17 @@ client to reconnect, lets queued frames flush, then closes the broker and store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from hub.auth import TokenVerifier
-from hub.broker.memory import open_broker
+from hub.broker.factory import open_cluster
 from hub.config import Settings
+from hub.ingest.kafka import KafkaBridge
+from hub.ingest.stripe import StripeWebhook
 from hub.metrics import HubMetrics
 from hub.node import Node
 from hub.services import Services, build_services
@@ -31,6 +34,8 @@ SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", Store)
 NODE = web.AppKey("node", Node)
 API = web.AppKey("api", ServiceApi)
+STRIPE = web.AppKey("stripe", StripeWebhook)
+KAFKA = web.AppKey("kafka", KafkaBridge)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -45,6 +50,8 @@ def create_app(settings: Settings) -> web.Application:
     api = ServiceApi(verifier, metrics, lambda: _readiness(app), settings.max_frame_bytes)
     app[API] = api
     app.add_routes(api.routes())
+    app[STRIPE] = StripeWebhook(settings.stripe_webhook_secret, metrics)
+    app.add_routes(app[STRIPE].routes())
     gateway.attach(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
@@ -53,29 +60,41 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = await open_store(settings.store_url)
-    broker = open_broker(settings.broker)
-    node = Node(settings.node_id, broker, app[METRICS])
-    services = build_services(store, node, settings)
-    app[GATEWAY].bind(services)
-    app[API].bind(services)
-    app[STORE] = store
-    app[NODE] = node
-    app[SERVICES] = services
-    await node.start(app[GATEWAY])
-    await app[GATEWAY].start()
-    log.info(
-        "hub node %s ready (store %s, broker %s)",
-        settings.node_id,
-        _redact(settings.store_url),
-        _redact(settings.broker),
-    )
-    try:
+    cluster = open_cluster(settings, app[METRICS])
+    # Off unless SOKO_KAFKA_BOOTSTRAP is set; raises naming the extra when aiokafka is missing.
+    kafka = KafkaBridge(settings, app[METRICS]) if settings.kafka_bootstrap else None
+    async with contextlib.AsyncExitStack() as resources:
+        # Each resource is closed in reverse order, also when a later one fails to start.
+        store = await open_store(settings.store_url)
+        resources.push_async_callback(store.close)
+        node = Node(settings.node_id, cluster.broker, app[METRICS])
+        if kafka is not None:
+            node.set_tap(kafka.tap)
+        services = build_services(store, node, cluster.presence, settings)
+        app[GATEWAY].bind(services, cluster.rate_limiter)
+        app[API].bind(services)
+        app[STORE] = store
+        app[NODE] = node
+        app[SERVICES] = services
+        resources.push_async_callback(cluster.broker.close)
+        await node.start(app[GATEWAY])
+        resources.push_async_callback(cluster.presence.close)
+        await services.presence.start()
+        await app[GATEWAY].start()
+        resources.push_async_callback(app[STRIPE].close)
+        app[STRIPE].start(services.payments)
+        if kafka is not None:
+            app[KAFKA] = kafka
+            resources.push_async_callback(kafka.stop)
+            await kafka.start(services.orders.apply, store.ping)
+        log.info(
+            "hub node %s ready (store %s, broker %s)",
+            settings.node_id,
+            _redact(settings.store_url),
+            _redact(settings.broker),
+        )
         yield
-    finally:
-        await broker.close()
-        await store.close()
-        log.info("hub node %s stopped; store closed", settings.node_id)
+    log.info("hub node %s stopped; store closed", settings.node_id)
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -90,6 +109,8 @@ async def _readiness(app: web.Application) -> dict[str, str]:
     except Exception as exc:
         checks["store"] = f"down: {type(exc).__name__}"
     checks["broker"] = "ok" if app[NODE].healthy() else "down"
+    if (kafka := app.get(KAFKA)) is not None:
+        checks["kafka"] = kafka.health()
     return checks
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from ulid import ULID
 
+from protocol.records import DLQ_TOPIC, GROUP, ORDER_TOPICS
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -27,6 +29,9 @@ class Settings:
     store: str = ""
     """Store URL; empty means ``sqlite:///<data>/soko.db``."""
     broker: str = "memory://"
+    """``memory://`` for one node, ``redis://host:port/db`` to share fan-out, presence and rate limits."""
+    presence_ttl: float = 15.0
+    """With Redis: seconds after which a dead node's staff sockets stop counting a boutique online."""
     allow_origin: tuple[str, ...] = ()
     """Browser Origins allowed besides the hub's own. Requests without an Origin header (native apps) pass."""
     jwt_secret: str = ""
@@ -35,11 +40,14 @@ class Settings:
     """Path to a PEM public key; when set, tokens must be RS256/ES256 from the marketplace's auth service."""
     jwt_algorithm: str = "HS256"
     jwt_audience: str = "soko-live"
+    stripe_webhook_secret: str = ""
+    """Signing secret (``whsec_…``) of the ``/webhooks/stripe`` endpoint; empty: that route answers 503."""
     max_frame_bytes: int = 64 * 1024
     rate_per_second: float = 20.0
+    """Client events per second per user, across all the user's sockets (and nodes, with Redis)."""
     rate_burst: int = 40
     rate_strikes: int = 20
-    """Rejected events in a row, beyond the bucket, before the socket is disconnected."""
+    """Rejected events in a row on one socket before it is disconnected."""
     send_queue_max: int = 1000
     """Packets a connection may have queued before it is dropped as a slow consumer."""
     namespace_timeout: float = 10.0
@@ -50,6 +58,24 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_grace: float = 2.0
+    kafka_bootstrap: str = ""
+    """Comma-separated ``host:port`` of the platform's Kafka brokers; empty turns Kafka off."""
+    kafka_group: str = GROUP
+    """Consumer group shared by every hub node: each ingest partition is read by one node."""
+    kafka_order_topics: tuple[str, ...] = ORDER_TOPICS
+    """Topics of JSON ``OrderEvent`` records (order, delivery, payment); empty: no consumer."""
+    kafka_dlq_topic: str = DLQ_TOPIC
+    """Where records that can never be applied go, with the error in their headers."""
+    kafka_not_found_grace: float = 30.0
+    """Seconds an event naming an unknown order is retried (its ``order.created`` may be late) before
+    it is dead-lettered. Its partition waits meanwhile; other partitions go on."""
+    kafka_analytics_topic: str = ""
+    """Topic for chat and notification analytics records; empty turns the producer off."""
+    kafka_analytics_buffer: int = 10_000
+    """Analytics records held while Kafka is slow or down; beyond that they are dropped and counted."""
+    kafka_session_timeout: float = 10.0
+    """Seconds without a heartbeat before Kafka gives a dead node's partitions to the others."""
+    kafka_heartbeat_interval: float = 3.0
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{str(ULID())[-6:]}")
 
     @property

@@ -36,8 +36,71 @@ class HubMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.broker_up = Gauge(
+            "soko_broker_up",
+            "1 while the link to the other hub nodes works (always 1 on memory://)",
+            registry=r,
+        )
+        self.broker_up.set(1)
+        self.broker_dropped = Counter(
+            "soko_broker_dropped_total",
+            "Envelopes not sent to other nodes because the broker was down (healed by client catch-up)",
+            registry=r,
+        )
+        self.broker_reconnects = Counter(
+            "soko_broker_reconnects_total", "Attempts to re-establish the broker subscription", registry=r
+        )
+        self.shared_state_errors = Counter(
+            "soko_shared_state_errors_total",
+            "Redis presence/rate-limit calls that failed and fell back to this node's view",
+            ["operation"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "soko_http_requests_total", "Service API requests", ["route", "status"], registry=r
+        )
+        self.stripe_webhooks = Counter(
+            "soko_stripe_webhooks_total",
+            "Stripe webhook deliveries, per outcome (accepted, duplicate, ignored_*, bad_signature, ...)",
+            ["outcome"],
+            registry=r,
+        )
+        self.payment_effects = Counter(
+            "soko_payment_effects_total",
+            "Payment events taken from the durable intake, per outcome (applied, duplicate, mismatch)",
+            ["outcome"],
+            registry=r,
+        )
+        self.payment_intake_failures = Counter(
+            "soko_payment_intake_failures_total",
+            "Failed passes over the payment intake (retried with backoff; nothing is dropped)",
+            registry=r,
+        )
+        self.kafka_records = Counter(
+            "soko_kafka_records_total",
+            "Kafka ingest records settled, per outcome (applied, duplicate, dead_letter)",
+            ["outcome"],
+            registry=r,
+        )
+        self.kafka_retries = Counter(
+            "soko_kafka_retries_total",
+            "Failed attempts at a Kafka ingest record that will be retried, per error name",
+            ["error"],
+            registry=r,
+        )
+        self.kafka_blocked_partitions = Gauge(
+            "soko_kafka_blocked_partitions",
+            "Ingest partitions paused while their next record waits for a retry",
+            registry=r,
+        )
+        self.kafka_analytics_sent = Counter(
+            "soko_kafka_analytics_sent_total", "Analytics records Kafka acknowledged", registry=r
+        )
+        self.kafka_analytics_dropped = Counter(
+            "soko_kafka_analytics_dropped_total",
+            "Analytics records dropped, per reason (buffer_full: Kafka down or slow; send_failed; shutdown)",
+            ["reason"],
+            registry=r,
         )
 
     def render(self) -> bytes:

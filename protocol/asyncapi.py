@@ -7,7 +7,9 @@
 writes it to ``docs/asyncapi.yaml``; a test keeps the file equal to this function's output.
 
 The hub is the described application: client events are ``receive`` operations whose
-reply is the ack, server events are ``send`` operations.
+reply is the ack, server events are ``send`` operations. The Kafka side
+(:mod:`protocol.records`) is described too: the ingest topics the hub consumes
+(``receive``), and the dead-letter and analytics topics it produces to (``send``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from protocol import PROTOCOL_VERSION, events
+from protocol import PROTOCOL_VERSION, events, records
 from protocol import messages as m
 from protocol.errors import ErrorBody, ErrorCode
 
@@ -32,11 +34,13 @@ MAX_FRAME_BYTES = 64 * 1024
 NAMESPACE_TIMEOUT_SECONDS = 10
 """An Engine.IO session that connects no namespace within this time is closed (contract)."""
 
+KAFKA_SERVER_KEY = "kafka"
+KAFKA_BINDING_VERSION = "0.5.0"
 UNIONS: dict[str, Any] = {"OrderEvent": m.OrderEvent, "DurableFrame": m.DurableFrame}
 """Union aliases that get a component schema of their own, by component name."""
 
 HTTP_ENDPOINTS: tuple[tuple[str, str, str, str, type[msgspec.Struct]], ...] = (
-    ("POST", "/api/v1/events", "Ingest an order or delivery event", "OrderEvent", m.EventAccepted),
+    ("POST", "/api/v1/events", "Ingest an order, delivery or payment event", "OrderEvent", m.EventAccepted),
     (
         "POST",
         "/api/v1/notifications",
@@ -111,12 +115,25 @@ def _schemas() -> dict[str, Any]:
         ErrorBody,
         m.NotificationCreate,
         *(reply for *_, reply in HTTP_ENDPOINTS),
+        records.AnalyticsRecord,
     ]
     kinds = [*structs, *UNIONS.values()]
     top, components = msgspec.json.schema_components(kinds, ref_template=SCHEMA_REF + "{name}")
     for name, schema in zip(UNIONS, top[len(structs) :], strict=True):
         components[name] = {"title": name, **schema}
     components["HandshakeAuth"] = _HANDSHAKE_AUTH_SCHEMA
+    analytics = components["AnalyticsRecord"]
+    analytics["properties"]["event"]["enum"] = sorted(records.ANALYTICS_EVENTS)
+    analytics["properties"]["data"]["oneOf"] = [
+        _ref(events.SERVER_EVENTS[e].__name__) for e in sorted(records.ANALYTICS_EVENTS)
+    ]
+    components["DeadLetterHeaders"] = {
+        "title": "DeadLetterHeaders",
+        "description": "Kafka headers of a dead-lettered record; every value is UTF-8 text.",
+        "type": "object",
+        "properties": {name: {"type": "string", "description": d} for name, d in records.DLQ_HEADERS.items()},
+        "required": list(records.DLQ_HEADERS),
+    }
     return {name: _clean(components[name]) for name in sorted(components)}
 
 
@@ -232,6 +249,131 @@ def _http_endpoints() -> list[dict[str, Any]]:
     return out
 
 
+def _kafka() -> dict[str, dict[str, Any]]:
+    """The Kafka server, channels, operations and messages, keyed by document section."""
+    servers = [{"$ref": f"#/servers/{KAFKA_SERVER_KEY}"}]
+
+    def key_binding(description: str) -> dict[str, Any]:
+        return {
+            "kafka": {
+                "key": {"type": "string", "description": description},
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        }
+
+    messages: dict[str, Any] = {
+        "kafka.orderEvent": {
+            "name": "OrderEvent",
+            "title": "Order, delivery or payment event record",
+            "summary": "One JSON OrderEvent per record, exactly the body of POST /api/v1/events.",
+            "contentType": "application/json",
+            "payload": _ref("OrderEvent"),
+            "bindings": key_binding("The order_id: one order's events then stay in order in one partition."),
+            "x-direction": "kafka-to-hub",
+        },
+        "kafka.deadLetter": {
+            "name": "DeadLetter",
+            "title": "Dead-lettered record",
+            "summary": "A record the hub can never apply: original key and value, the error in the headers.",
+            "headers": _ref("DeadLetterHeaders"),
+            "payload": {"description": "The original record's value, byte for byte (it may not be JSON)."},
+            "bindings": key_binding("The original record's key."),
+            "x-direction": "hub-to-kafka",
+        },
+        "kafka.analytics": {
+            "name": "AnalyticsRecord",
+            "title": "Analytics record",
+            "summary": _summary(records.AnalyticsRecord),
+            "contentType": "application/json",
+            "payload": _ref("AnalyticsRecord"),
+            "bindings": key_binding("The first of the record's rooms."),
+            "x-direction": "hub-to-kafka",
+        },
+    }
+
+    def channel(key: str, address: str, title: str, description: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "address": address,
+            "title": title,
+            "description": description,
+            "servers": servers,
+            **extra,
+            "messages": {key: {"$ref": f"#/components/messages/{key}"}},
+        }
+
+    channels = {
+        "kafkaOrderEvents": channel(
+            "kafka.orderEvent",
+            "{topic}",
+            "Order, delivery and payment event topics",
+            "Read by the hub nodes as one consumer group (SOKO_KAFKA_GROUP), at least once; "
+            "each event is applied once by event_id. A record that can never be applied goes "
+            "to the dead-letter topic; an event naming an unknown order is retried for "
+            "SOKO_KAFKA_NOT_FOUND_GRACE seconds first. There is no stock topic yet.",
+            parameters={
+                "topic": {
+                    "enum": list(records.ORDER_TOPICS),
+                    "default": records.ORDER_TOPICS[0],
+                    "description": "One of SOKO_KAFKA_ORDER_TOPICS (the defaults are listed).",
+                }
+            },
+        ),
+        "kafkaDeadLetter": channel(
+            "kafka.deadLetter",
+            records.DLQ_TOPIC,
+            "Dead-letter topic",
+            "SOKO_KAFKA_DLQ_TOPIC. Replay a record by producing its key and value to its source topic.",
+        ),
+        "kafkaAnalytics": channel(
+            "kafka.analytics",
+            records.ANALYTICS_TOPIC_EXAMPLE,
+            "Analytics topic",
+            "SOKO_KAFKA_ANALYTICS_TOPIC (off when unset). Best effort: records are dropped, "
+            "and counted in soko_kafka_analytics_dropped_total, when Kafka is down or slow.",
+        ),
+    }
+
+    def operation(
+        action: str, channel_key: str, message_key: str, title: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{channel_key}"},
+            "title": title,
+            **extra,
+            "messages": [{"$ref": f"#/channels/{channel_key}/messages/{message_key}"}],
+        }
+
+    operations = {
+        "kafka.receive.orderEvents": operation(
+            "receive",
+            "kafkaOrderEvents",
+            "kafka.orderEvent",
+            "Hub consumes order events",
+            bindings={
+                "kafka": {
+                    "groupId": {"type": "string", "enum": [records.GROUP]},
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
+        ),
+        "kafka.send.deadLetter": operation(
+            "send", "kafkaDeadLetter", "kafka.deadLetter", "Hub dead-letters a record"
+        ),
+        "kafka.send.analytics": operation(
+            "send", "kafkaAnalytics", "kafka.analytics", "Hub publishes analytics records"
+        ),
+    }
+    server = {
+        KAFKA_SERVER_KEY: {
+            "host": "localhost:9092",
+            "protocol": "kafka",
+            "description": "The platform's Kafka cluster (SOKO_KAFKA_BOOTSTRAP; Kafka is off when unset).",
+        }
+    }
+    return {"servers": server, "channels": channels, "operations": operations, "messages": messages}
+
+
 def build_asyncapi() -> dict[str, Any]:
     """Return the AsyncAPI 3.0.0 document for the hub's Socket.IO protocol.
 
@@ -239,6 +381,7 @@ def build_asyncapi() -> dict[str, Any]:
     made only of dicts, lists, str, int, bool and None (so YAML and JSON round-trip it).
     """
     messages, operations = _messages_and_operations()
+    kafka = _kafka()
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -259,7 +402,8 @@ def build_asyncapi() -> dict[str, Any]:
                 "pathname": SOCKETIO_PATH,
                 "description": 'A hub node. Socket.IO clients connect to namespace "/".',
                 "security": [{"$ref": "#/components/securitySchemes/handshakeToken"}],
-            }
+            },
+            **kafka["servers"],
         },
         "channels": {
             CHANNEL_KEY: {
@@ -268,12 +412,13 @@ def build_asyncapi() -> dict[str, Any]:
                 "description": "The single namespace. Every event below is emitted on it.",
                 "servers": [{"$ref": f"#/servers/{SERVER_KEY}"}],
                 "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages},
-            }
+            },
+            **kafka["channels"],
         },
-        "operations": operations,
+        "operations": {**operations, **kafka["operations"]},
         "components": {
             "schemas": _schemas(),
-            "messages": messages,
+            "messages": {**messages, **kafka["messages"]},
             "securitySchemes": {
                 "handshakeToken": {
                     "type": "http",

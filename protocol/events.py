@@ -37,6 +37,7 @@ NOTIFY_BADGE: Final = "notify.badge"
 PRESENCE: Final = "presence"
 ORDER_UPDATED: Final = "order.updated"
 SESSION_CLOSING: Final = "session.closing"
+RESYNC: Final = "resync"
 
 CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     SYNC: m.SyncRequest,
@@ -84,5 +85,6 @@ SERVER_EVENTS: Final[dict[str, type[m.Frame]]] = {
     PRESENCE: m.PresenceFrame,
     ORDER_UPDATED: m.OrderUpdatedFrame,
     SESSION_CLOSING: m.SessionClosing,
+    RESYNC: m.ResyncFrame,
 }
 """Server event -> the Struct it carries."""

@@ -348,7 +348,16 @@ class DeliveryAssigned(Request, tag="delivery.assigned", tag_field="type"):
     driver_id: Id
 
 
-OrderEvent = OrderCreated | OrderStatusUpdated | DeliveryAssigned
+class PaymentCompleted(Request, tag="payment.completed", tag_field="type"):
+    """The order's payment succeeded: a receipt to its shopper, a "new paid order" to its boutique."""
+
+    event_id: Id
+    order_id: Id
+    amount_cents: Annotated[int, msgspec.Meta(ge=0)]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+
+
+OrderEvent = OrderCreated | OrderStatusUpdated | DeliveryAssigned | PaymentCompleted
 """Body of ``POST /api/v1/events`` (service token), discriminated by ``type``."""
 
 
@@ -402,6 +411,17 @@ class SessionClosing(Frame):
 
     error: ErrorBody
     reconnect: bool
+
+
+class ResyncFrame(Frame):
+    """``resync``: live frames may have been lost; the client should run ``sync`` now.
+
+    Sent when a hub node's link to the other nodes comes back after an outage.
+    Durable entries are never lost (they are in the store); this makes the client
+    fetch them now instead of at its next gap or reconnect.
+    """
+
+    reason: str
 
 
 class Welcome(Frame):

@@ -18,10 +18,12 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
     ``emit``: deliver ``event``/``data`` to the sockets in ``rooms``, except ``skip``.
     ``evict``: remove the sockets that are in ``holders`` from every room in ``rooms``.
+    ``resync``: tell every socket to catch up from the store (a node's link came back,
+    so envelopes it published, or was sent, meanwhile may be missing everywhere).
     """
 
-    kind: Literal["emit", "evict"]
-    rooms: tuple[str, ...]
+    kind: Literal["emit", "evict", "resync"]
+    rooms: tuple[str, ...] = ()
     event: str = ""
     data: Any = None
     skip: str | None = None
@@ -29,11 +31,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
 
 OnEnvelope = Callable[[Envelope], Awaitable[None]]
+OnRecovered = Callable[[], Awaitable[None]]
 
 
 class Broker(Protocol):
-    async def start(self, on_envelope: OnEnvelope) -> None:
-        """Begin handing envelopes published by every node (this one included) to ``on_envelope``."""
+    async def start(self, on_envelope: OnEnvelope, on_recovered: OnRecovered) -> None:
+        """Begin handing envelopes published by every node (this one included) to ``on_envelope``.
+
+        ``on_recovered`` runs when the link to the other nodes works again after a loss,
+        during which envelopes may have been dropped.
+        """
         ...
 
     async def publish(self, envelope: Envelope) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.broker.base import Envelope, OnEnvelope
+from hub.broker.base import Envelope, OnEnvelope, OnRecovered
 
 
 class MemoryBroker:
@@ -11,7 +11,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._on_envelope: OnEnvelope | None = None
 
-    async def start(self, on_envelope: OnEnvelope) -> None:
+    async def start(self, on_envelope: OnEnvelope, on_recovered: OnRecovered) -> None:
         self._on_envelope = on_envelope
 
     async def publish(self, envelope: Envelope) -> None:
@@ -24,14 +24,3 @@ class MemoryBroker:
 
     async def close(self) -> None:
         self._on_envelope = None
-
-
-def open_broker(url: str) -> MemoryBroker:
-    """The broker named by ``url``.
-
-    Raises:
-        ValueError: for a scheme this build does not support.
-    """
-    if url in ("memory://", "memory", ""):
-        return MemoryBroker()
-    raise ValueError(f"unsupported broker URL {url!r}: use memory://")

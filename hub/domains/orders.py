@@ -1,7 +1,9 @@
 """Orders as the hub sees them: the facts authorization rests on.
 
 Services report order events (HTTP now, Kafka later, through the same
-:meth:`OrderService.apply`). Each event is applied at most once by ``event_id``:
+:meth:`OrderService.apply`). ``payment.completed`` is handed to the payments domain
+(:class:`~hub.domains.payments.PaymentService`), which owns what a payment does; it
+never changes the order's status. Each event is applied at most once by ``event_id``:
 its notifications carry ids derived from the event id, so a crash between the
 effects and :meth:`mark_seen` followed by a retry has no duplicate effect.
 A status never moves backwards through the lifecycle (cancelled is terminal);
@@ -15,6 +17,7 @@ import msgspec
 from hub.auth import Principal
 from hub.domains.access import can_view_order, forbidden
 from hub.domains.notifications import NotificationService
+from hub.domains.payments import PaymentService
 from hub.domains.ports import Fanout, now_ms, order_room, user_room
 from protocol import events
 from protocol.codec import to_wire
@@ -29,6 +32,7 @@ from protocol.messages import (
     OrderStatusUpdated,
     OrderUpdatedFrame,
     OrderView,
+    PaymentCompleted,
 )
 from storage.base import EventLedger, OrderRecord, OrderStore
 
@@ -70,18 +74,24 @@ class OrderService:
     """Applies order events and answers order queries with authorization."""
 
     def __init__(
-        self, orders: OrderStore, ledger: EventLedger, notifications: NotificationService, fanout: Fanout
+        self,
+        orders: OrderStore,
+        ledger: EventLedger,
+        notifications: NotificationService,
+        payments: PaymentService,
+        fanout: Fanout,
     ) -> None:
         self._orders = orders
         self._ledger = ledger
         self._notifications = notifications
+        self._payments = payments
         self._fanout = fanout
 
     async def apply(self, event: OrderEvent) -> EventAccepted:
         """Apply one order event exactly once per ``event_id``.
 
         Raises:
-            SokoError: NOT_FOUND when a status or delivery event names an unknown order.
+            SokoError: NOT_FOUND when a status, delivery or payment event names an unknown order.
         """
         if await self._ledger.seen(event.event_id):
             return EventAccepted(event_id=event.event_id, duplicate=True)
@@ -89,8 +99,10 @@ class OrderService:
             await self._created(event)
         elif isinstance(event, OrderStatusUpdated):
             await self._status(event)
-        else:
+        elif isinstance(event, DeliveryAssigned):
             await self._assigned(event)
+        else:
+            await self._paid(event)
         await self._ledger.mark_seen(event.event_id, now_ms())
         return EventAccepted(event_id=event.event_id, duplicate=False)
 
@@ -187,6 +199,10 @@ class OrderService:
             notification_id=f"{event.event_id}.d",
         )
         await self._publish(order)
+
+    async def _paid(self, event: PaymentCompleted) -> None:
+        order = await self._require(event.order_id)
+        await self._payments.completed(order, event.event_id, event.amount_cents, event.currency)
 
     async def _publish(self, order: OrderRecord) -> None:
         frame = OrderUpdatedFrame(order=view(order))

@@ -1,49 +1,105 @@
-"""Boutique presence: a boutique is online while any of its staff is connected.
+"""Boutique presence: a boutique is online while any of its staff is connected to any node.
 
-This registry counts this node's staff connections. Transitions (first staff in,
-last staff out) are published to the boutique's presence room.
+Who is connected is kept in a :class:`PresenceLedger`: in memory for one node, in
+Redis when nodes share a broker. The ledger reports transitions (first staff
+socket in, last one out, or the last one's node died), and this registry publishes
+them to the boutique's presence room.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from hub.domains.ports import Fanout, presence_room
 from protocol import events
 from protocol.codec import to_wire
 from protocol.messages import PresenceFrame, PresenceReply
 
+OnOffline = Callable[[str], Awaitable[None]]
+
+
+class PresenceLedger(Protocol):
+    """Which staff sockets (``member`` = ``<node>:<sid>``) are connected, per boutique."""
+
+    async def join(self, boutique: str, member: str) -> bool:
+        """Record ``member``; True when the boutique had no live member before."""
+        ...
+
+    async def leave(self, boutique: str, member: str) -> bool:
+        """Forget ``member``; True when it was the boutique's last live member."""
+        ...
+
+    async def online(self, boutiques: Sequence[str]) -> set[str]:
+        """The boutiques among ``boutiques`` with at least one live member."""
+        ...
+
+    async def start(self, on_offline: OnOffline) -> None:
+        """Begin calling ``on_offline(boutique)`` when members vanish without leaving (a node died)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalPresenceLedger:
+    """The single-node ledger: members live in this process only, and never vanish unannounced."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[str]] = {}
+
+    async def join(self, boutique: str, member: str) -> bool:
+        members = self._members.setdefault(boutique, set())
+        members.add(member)
+        return len(members) == 1
+
+    async def leave(self, boutique: str, member: str) -> bool:
+        members = self._members.get(boutique)
+        if members is None or member not in members:
+            return False
+        members.discard(member)
+        if members:
+            return False
+        del self._members[boutique]
+        return True
+
+    async def online(self, boutiques: Sequence[str]) -> set[str]:
+        return {b for b in boutiques if b in self._members}
+
+    async def start(self, on_offline: OnOffline) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._members.clear()
+
 
 class PresenceRegistry:
-    """Counts connected staff per boutique."""
+    """Announces boutiques coming online and going offline."""
 
-    def __init__(self, fanout: Fanout) -> None:
+    def __init__(self, fanout: Fanout, ledger: PresenceLedger) -> None:
         self._fanout = fanout
-        self._staff: Counter[str] = Counter()
+        self._ledger = ledger
 
-    async def staff_connected(self, boutique: str) -> None:
+    async def start(self) -> None:
+        """Start announcing boutiques whose last staff node died."""
+        await self._ledger.start(self._went_offline)
+
+    async def staff_connected(self, boutique: str, member: str) -> None:
         """Count one more staff socket; announce when the boutique comes online."""
-        self._staff[boutique] += 1
-        if self._staff[boutique] == 1:
+        if await self._ledger.join(boutique, member):
             await self._announce(boutique, online=True)
 
-    async def staff_disconnected(self, boutique: str) -> None:
+    async def staff_disconnected(self, boutique: str, member: str) -> None:
         """Count one staff socket less; announce when the boutique goes offline."""
-        if self._staff[boutique] <= 0:
-            return
-        self._staff[boutique] -= 1
-        if self._staff[boutique] == 0:
-            del self._staff[boutique]
+        if await self._ledger.leave(boutique, member):
             await self._announce(boutique, online=False)
 
-    def is_online(self, boutique: str) -> bool:
-        return self._staff.get(boutique, 0) > 0
+    async def snapshot(self, boutiques: list[str]) -> PresenceReply:
+        """Current presence of the named boutiques, across all nodes."""
+        online = await self._ledger.online(boutiques)
+        return PresenceReply(boutiques=[PresenceFrame(boutique=b, online=b in online) for b in boutiques])
 
-    def snapshot(self, boutiques: list[str]) -> PresenceReply:
-        """Current presence of the named boutiques."""
-        return PresenceReply(
-            boutiques=[PresenceFrame(boutique=b, online=self.is_online(b)) for b in boutiques]
-        )
+    async def _went_offline(self, boutique: str) -> None:
+        await self._announce(boutique, online=False)
 
     async def _announce(self, boutique: str, *, online: bool) -> None:
         frame = PresenceFrame(boutique=boutique, online=online)

@@ -21,7 +21,7 @@ from aiohttp import web
 from hub.auth import Principal, TokenVerifier
 from hub.config import Settings
 from hub.domains.ports import order_room, presence_room, staff_room, user_room
-from hub.limits import TokenBucket
+from hub.limits import RateLimiter
 from hub.metrics import HubMetrics
 from hub.services import Services
 from hub.transport.fanout import FanoutManager, websocket_transport
@@ -38,17 +38,21 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 UNBOUND_ABORT_GRACE = 1.0
 """Seconds a session closed by the namespace watchdog has to close its websocket before it is aborted."""
+RESYNC_COALESCE = 0.5
+"""Seconds during which requests to resync this node's sockets are merged into one frame."""
 Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 
 
 class Connection:
     """State of one connected socket."""
 
-    __slots__ = ("bucket", "closing", "counted_present", "expiry", "principal")
+    __slots__ = ("closing", "counted_present", "expiry", "principal", "rate_key", "strikes")
 
-    def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
+    def __init__(self, principal: Principal) -> None:
         self.principal = principal
-        self.bucket = bucket
+        self.rate_key = f"{principal.role}:{principal.sub}"
+        self.strikes = 0
+        """Events rejected by the rate limit since this socket's last accepted one."""
         self.expiry: asyncio.TimerHandle | None = None
         self.closing = False
         self.counted_present = False
@@ -68,6 +72,7 @@ class SocketGateway:
     ) -> None:
         self._settings = settings
         self._bound: Services | None = None
+        self._limiter: RateLimiter | None = None
         self._metrics = metrics
         self._verifier = verifier
         self._node_id = node_id
@@ -76,6 +81,7 @@ class SocketGateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._accepting = True
+        self._resync_pending = False
         self.origins = OriginPolicy(settings.allow_origin)
         self.manager = FanoutManager(
             max_queue=settings.send_queue_max, on_slow_consumer=lambda _sid: metrics.fanout_drops.inc()
@@ -100,9 +106,10 @@ class SocketGateway:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def bind(self, services: Services) -> None:
-        """Give the gateway its services; done once at startup, before any connection."""
+    def bind(self, services: Services, rate_limiter: RateLimiter) -> None:
+        """Give the gateway its services and limits; done once at startup, before any connection."""
         self._bound = services
+        self._limiter = rate_limiter
         self._handlers = self._build_handlers()
 
     @property
@@ -129,6 +136,23 @@ class SocketGateway:
         for sid, _eio_sid in list(self.manager.get_participants(NAMESPACE, holders)):
             for room in rooms:
                 await self.sio.leave_room(sid, room, namespace=NAMESPACE)
+
+    async def resync_local(self) -> None:
+        """Ask every socket on this node to run ``sync``: frames from other nodes may have been lost.
+
+        Requests within :data:`RESYNC_COALESCE` seconds share one ``resync`` frame, sent
+        after the last of them, so a Redis outage seen by N nodes costs each client one sync.
+        """
+        if self._resync_pending:
+            return
+        self._resync_pending = True
+        self._spawn(self._send_resync())
+
+    async def _send_resync(self) -> None:
+        await asyncio.sleep(RESYNC_COALESCE)
+        self._resync_pending = False
+        frame = to_wire(m.ResyncFrame(reason="broker_recovered"))
+        await self.sio.emit(events.RESYNC, frame, namespace=NAMESPACE)
 
     async def shutdown(self) -> None:
         """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
@@ -170,7 +194,7 @@ class SocketGateway:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, error_payload(exc.code, exc.message)
             ) from None
-        conn = Connection(principal, TokenBucket(self._settings.rate_per_second, self._settings.rate_burst))
+        conn = Connection(principal)
         delay = max(0.0, principal.expires_at - time.time())
         conn.expiry = asyncio.get_running_loop().call_later(delay, self._expire, sid)
         self._connections[sid] = conn
@@ -200,7 +224,7 @@ class SocketGateway:
         await self.sio.emit(events.WELCOME, to_wire(welcome), to=sid, namespace=NAMESPACE)
         if principal.role is Role.STAFF and principal.boutique is not None:
             conn.counted_present = True  # before the await, so a disconnect meanwhile uncounts it
-            await self._services.presence.staff_connected(principal.boutique)
+            await self._services.presence.staff_connected(principal.boutique, self._member(sid))
         for frame in await self._services.notifications.pending_for(principal):
             await self.sio.emit(events.NOTIFICATION, to_wire(frame), to=sid, namespace=NAMESPACE)
 
@@ -213,7 +237,11 @@ class SocketGateway:
             conn.expiry.cancel()
         self._services.chat.forget_connection(sid)
         if conn.counted_present and conn.principal.boutique is not None:
-            await self._services.presence.staff_disconnected(conn.principal.boutique)
+            await self._services.presence.staff_disconnected(conn.principal.boutique, self._member(sid))
+
+    def _member(self, sid: str) -> str:
+        """This socket's name in the cluster-wide presence ledger."""
+        return f"{self._node_id}:{sid}"
 
     def _expire(self, sid: str) -> None:
         self._spawn(
@@ -244,15 +272,17 @@ class SocketGateway:
         if conn is None or conn.closing:
             return _fail(ErrorCode.UNAUTHENTICATED, "not connected")
         self._metrics.events_in.labels(event if event in self._handlers else "unknown").inc()
-        if not conn.bucket.take():
+        if self._limiter is None or not await self._limiter.allow(conn.rate_key):
+            conn.strikes += 1
             self._metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
-            if conn.bucket.strikes > self._settings.rate_strikes:
+            if conn.strikes > self._settings.rate_strikes:
                 self._spawn(
                     self.close_with(sid, ErrorCode.RATE_LIMITED, "too many events; slow down", reconnect=True)
                 )
             return _fail(
                 ErrorCode.RATE_LIMITED, f"more than {self._settings.rate_per_second:g} events/s; slow down"
             )
+        conn.strikes = 0
         handler = self._handlers.get(event)
         if handler is None:
             self._metrics.errors.labels(str(int(ErrorCode.UNKNOWN_EVENT))).inc()
@@ -303,7 +333,7 @@ class SocketGateway:
         async def presence_watch(_p: Principal, sid: str, r: m.PresenceRequest) -> m.Frame:
             for boutique in r.boutiques:
                 await self.sio.enter_room(sid, presence_room(boutique), namespace=NAMESPACE)
-            return s.presence.snapshot(list(r.boutiques))
+            return await s.presence.snapshot(list(r.boutiques))
 
         async def notify_ack(p: Principal, _sid: str, r: m.NotifyAckRequest) -> None:
             await s.notifications.ack(p, r)

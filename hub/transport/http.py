@@ -44,6 +44,19 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=encode_json(data), status=status, content_type="application/json")
 
 
+async def read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds ``cap`` bytes.
+
+    (``StreamReader.read(n)`` returns whatever is buffered, which may be part of the body.)
+    """
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
+
+
 def error_response(exc: SokoError) -> web.Response:
     """The JSON error for a domain failure, with the HTTP status that fits its code."""
     return _json({"ok": False, "error": to_wire(exc.body())}, status=_STATUS.get(exc.code, 500))
@@ -85,12 +98,18 @@ class ServiceApi:
         return _json({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        """Readiness: ``ok`` when every dependency answers, ``degraded`` (503) otherwise."""
+        """Readiness, with one entry per dependency in ``checks``.
+
+        200 ``ok``: everything answers. 200 ``degraded``: an optional dependency (the
+        broker, Kafka) is down; this node still serves its own sockets, so a load
+        balancer should keep it. 503 ``unavailable``: the store is down; nothing
+        durable can be written here.
+        """
         checks = await self._ready()
-        healthy = all(v == "ok" for v in checks.values())
-        return _json(
-            {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
-        )
+        if checks.get("store") != "ok":
+            return _json({"status": "unavailable", "checks": checks}, status=503)
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return _json({"status": status, "checks": checks})
 
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
@@ -119,8 +138,8 @@ class ServiceApi:
             self._authenticate_service(request)
             if request.content_length is not None and request.content_length > self._max_body:
                 raise SokoError(ErrorCode.FRAME_TOO_LARGE, f"body larger than {self._max_body} bytes")
-            body = await request.content.read(self._max_body + 1)
-            if len(body) > self._max_body:
+            body = await read_capped(request, self._max_body)
+            if body is None:
                 raise SokoError(ErrorCode.FRAME_TOO_LARGE, f"body larger than {self._max_body} bytes")
             response = _json({"ok": True, "data": to_wire(await run(body))})
         except SokoError as exc:

@@ -3,8 +3,12 @@ muting."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.support.hub import RunningHub
@@ -115,6 +119,20 @@ async def test_authentication_and_size_limits(hub: RunningHub) -> None:
     big = {"user": "u1", "category": "order", "title": "t", "body": "b" * 100, "data": {"blob": "x" * 70_000}}
     status, payload = await hub.post("/api/v1/notifications", big, token=hub.token("service", "svc"))
     assert (status, err(payload)["code"], err(payload)["name"]) == (413, 1002, "frame_too_large")
+
+    # A body within the limit arriving in pieces (chunked, no Content-Length) is read whole.
+    async def in_pieces() -> AsyncIterator[bytes]:
+        whole = json.dumps({"user": "u2", "category": "order", "title": "t", "body": "b" * 1000}).encode()
+        padded = whole[:-1] + b" " * 50_000 + b"}"
+        for start in range(0, len(padded), 8192):
+            yield padded[start : start + 8192]
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as http, http.post(
+        hub.url + URL, data=in_pieces(), headers={"Authorization": f"Bearer {hub.token('service', 'svc')}"}
+    ) as resp:
+        reply = await resp.json()
+    assert resp.status == 200 and reply["ok"], reply
 
     # nothing above reached the inbox
     u1 = await connected(hub, "u1")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from protocol import PROTOCOL_VERSION, events
+from protocol import PROTOCOL_VERSION, events, records
 from protocol.asyncapi import build_asyncapi
 from protocol.errors import ErrorCode
 
@@ -44,7 +44,10 @@ def test_header(doc: dict[str, Any]) -> None:
     assert doc["info"]["version"] == str(PROTOCOL_VERSION)
     server = doc["servers"]["local"]
     assert (server["protocol"], server["host"], server["pathname"]) == ("ws", "localhost:8080", "/socket.io")
-    assert [c["address"] for c in doc["channels"].values()] == ["/"]
+    assert doc["channels"]["root"]["address"] == "/"
+    assert [
+        c["address"] for c in doc["channels"].values() if c["servers"] == [{"$ref": "#/servers/local"}]
+    ] == ["/"]
 
 
 def _messages_named(doc: dict[str, Any], name: str, direction: str) -> list[dict[str, Any]]:
@@ -118,7 +121,7 @@ def test_http_endpoints(doc: dict[str, Any]) -> None:
     events_body = endpoints["POST", "/api/v1/events"]["requestBody"]["schema"]
     assert events_body == {"$ref": "#/components/schemas/OrderEvent"}
     tags = set(schemas["OrderEvent"]["x-discriminator"]["mapping"])
-    assert tags == {"order.created", "order.status_updated", "delivery.assigned"}
+    assert tags == {"order.created", "order.status_updated", "delivery.assigned", "payment.completed"}
     notif_body = endpoints["POST", "/api/v1/notifications"]["requestBody"]["schema"]
     assert notif_body == {"$ref": "#/components/schemas/NotificationCreate"}
 
@@ -137,3 +140,32 @@ def test_protocol_md_names_every_event_and_error() -> None:
         assert f"| `{name}` |" in text, f"docs/protocol.md has no table row for event {name!r}"
     for code in ErrorCode:
         assert f"| {int(code)} | `{code.slug}` | {'yes' if code.temporary else 'no'} |" in text, code
+
+
+def test_kafka_channels(doc: dict[str, Any]) -> None:
+    assert doc["servers"]["kafka"]["protocol"] == "kafka"
+    channels = {key: c for key, c in doc["channels"].items() if c["servers"] == [{"$ref": "#/servers/kafka"}]}
+    assert {key: c["address"] for key, c in channels.items()} == {
+        "kafkaOrderEvents": "{topic}",
+        "kafkaDeadLetter": records.DLQ_TOPIC,
+        "kafkaAnalytics": records.ANALYTICS_TOPIC_EXAMPLE,
+    }
+    assert channels["kafkaOrderEvents"]["parameters"]["topic"]["enum"] == list(records.ORDER_TOPICS)
+    messages = doc["components"]["messages"]
+    assert messages["kafka.orderEvent"]["payload"] == {"$ref": "#/components/schemas/OrderEvent"}
+    assert messages["kafka.analytics"]["payload"] == {"$ref": "#/components/schemas/AnalyticsRecord"}
+    assert messages["kafka.deadLetter"]["headers"] == {"$ref": "#/components/schemas/DeadLetterHeaders"}
+    actions = {key: op["action"] for key, op in doc["operations"].items() if key.startswith("kafka.")}
+    assert actions == {
+        "kafka.receive.orderEvents": "receive",
+        "kafka.send.deadLetter": "send",
+        "kafka.send.analytics": "send",
+    }
+    schemas = doc["components"]["schemas"]
+    assert schemas["DeadLetterHeaders"]["required"] == list(records.DLQ_HEADERS)
+    analytics = schemas["AnalyticsRecord"]["properties"]
+    assert analytics["event"]["enum"] == sorted(records.ANALYTICS_EVENTS)
+    assert analytics["data"]["oneOf"] == [
+        {"$ref": f"#/components/schemas/{events.SERVER_EVENTS[e].__name__}"}
+        for e in sorted(records.ANALYTICS_EVENTS)
+    ]

@@ -9,6 +9,7 @@ no-leak properties.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -29,7 +30,6 @@ class StreamClient:
         self.token = token
         self.transports = transports or ["websocket"]
         self.headers = headers or {}
-        self.sio = socketio.AsyncClient(reconnection=False)
         self.epochs: dict[str, str] = {}
         self.cursors: dict[str, int] = defaultdict(int)
         self.entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -39,11 +39,32 @@ class StreamClient:
         self._lock = asyncio.Lock()
         self._catching: set[str] = set()
         self._buffered: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.resyncs = 0
+        self.sio = self._new_socket()
+
+    def _new_socket(self) -> socketio.AsyncClient:
+        sio = socketio.AsyncClient(reconnection=False)
         for event in ("chat.message", "notification"):
-            self.sio.on(event, self._make_durable_handler(event))
+            sio.on(event, self._make_durable_handler(event))
         for event in ("chat.read", "chat.typing", "presence", "order.updated", "notify.badge", "welcome"):
-            self.sio.on(event, self._make_live_handler(event))
-        self.sio.on("session.closing", self._on_closing)
+            sio.on(event, self._make_live_handler(event))
+        sio.on("session.closing", self._on_closing)
+        sio.on("resync", self._on_resync)
+        return sio
+
+    async def _on_resync(self, _data: Any) -> None:
+        self.resyncs += 1
+        await self.sync()
+
+    async def reconnect(self, url: str) -> None:
+        """Connect a new socket to ``url`` (e.g. a surviving node), keeping every cursor, then sync."""
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()
+        self.url = url
+        self._catching.clear()
+        self._buffered.clear()
+        self.sio = self._new_socket()
+        await self.connect()
 
     def _make_live_handler(self, event: str):  # type: ignore[no-untyped-def]
         async def handler(data: Any) -> None:

@@ -1,0 +1,1 @@
+"""Ingest edges: events from the rest of the platform (Stripe webhooks, Kafka), handed to the domains."""
