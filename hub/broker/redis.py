@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 0.25
 """Seconds between self-echo heartbeats."""
-HEARTBEAT_DEADLINE = 1.0
-"""Seconds without hearing our own heartbeat before the subscription is rebuilt."""
+HEARTBEAT_DEADLINE = 3.0
+"""Seconds without hearing our own heartbeat, with nothing left unread, before the subscription is rebuilt."""
 RECONNECT_BASE = 0.05
 RECONNECT_CAP = 1.0
 """Ceiling of the jittered reconnect delay, in seconds (the resubscribe goal is 2 s)."""
@@ -81,7 +81,6 @@ class RedisBroker:
     def __init__(self, url: str, node_id: str, metrics: HubMetrics, *, channel: str = "soko:fanout") -> None:
         self.client = redis_client(url)
         """Shared with the Redis-backed presence and rate limits (see :mod:`hub.broker.redis_state`)."""
-        self._url = url
         self._node_id = node_id
         self._metrics = metrics
         self._channel = channel
@@ -116,6 +115,7 @@ class RedisBroker:
             raise RuntimeError("broker not started")
         await self._on_envelope(envelope)
         if not self.healthy():
+            self._lost("heartbeat echo overdue")
             self._metrics.broker_dropped.inc()
             return
         try:
@@ -178,8 +178,13 @@ class RedisBroker:
                 if message is not None and message.get("type") == "message":
                     await self._dispatch(message["data"])
                 echo_age = time.monotonic() - max(self._last_echo, subscribed_at)
-                if echo_age > HEARTBEAT_DEADLINE:
+                if echo_age <= HEARTBEAT_DEADLINE:
+                    continue
+                if message is None:  # nothing left unread, and still no echo: the link is dead
                     raise TimeoutError(f"no heartbeat echo for {echo_age:.1f}s")
+                # Still reading a backlog: the echo may be in it. Until it comes, this node
+                # counts as cut off, so its return triggers the cluster-wide resync.
+                self._lost(f"heartbeat echo {echo_age:.1f}s late")
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -192,7 +197,10 @@ class RedisBroker:
             return
         if message.origin != self._node_id:
             if message.envelope is not None and self._on_envelope is not None:
-                await self._on_envelope(message.envelope)
+                try:
+                    await self._on_envelope(message.envelope)
+                except Exception:  # one bad envelope must not cost the subscription
+                    log.exception("redis broker: applying an envelope from %s failed", message.origin)
             return
         if message.kind == "heartbeat":
             self._last_echo = time.monotonic()

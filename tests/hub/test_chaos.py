@@ -175,7 +175,12 @@ async def run_chat_load(
         if chaos == "kill-node":
             assert victims and all(p.moved >= 1 and p.home != 1 for p in victims)
         else:
+            with contextlib.suppress(TimeoutError):
+                await auditor.wait_for(lambda: all(p.client.resyncs >= 1 for p in everyone), timeout=10)
             assert all(p.client.resyncs >= 1 for p in everyone), "a node never told its sockets to resync"
+        for p in everyone:  # exactly-once fan-out: no frame was pushed to a socket twice
+            pushed = [(f["stream"], f["seq"]) for ev, f in p.client.live if ev == "chat.message"]
+            assert len(pushed) == len(set(pushed)), f"{p.sub} was sent a chat frame twice"
         await auditor.disconnect()
         for p in everyone:
             await p.client.disconnect()

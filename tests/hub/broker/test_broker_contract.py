@@ -166,10 +166,10 @@ async def test_a_half_open_link_is_caught_by_the_self_echo_heartbeat(redis_serve
         await b.start(rec_b.on_envelope, rec_b.on_recovered)
         assert a.healthy()
         proxy.blackholed = True
-        await until(lambda: not a.healthy(), timeout=5)
+        await until(lambda: not a.healthy(), timeout=10)
         assert b.healthy()  # the other node's own link is fine
         proxy.blackholed = False  # new connections flow again; the old ones stay silent
-        await until(lambda: a.healthy() and rec_a.recoveries == 1, timeout=5)
+        await until(lambda: a.healthy() and rec_a.recoveries == 1, timeout=10)
         await b.publish(envelope(9))
         await until(lambda: envelope(9) in rec_a.received)
     finally:
