@@ -12,6 +12,8 @@ a stale status is ignored and reported as such.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 from hub.auth import Principal
@@ -218,6 +220,14 @@ class OrderService:
         if order is None or not can_view_order(principal, order):
             raise forbidden(f"order {order_id}")
         return view(order)
+
+    async def revoked_watchers(self, order_id: str, watchers: Mapping[str, Principal]) -> list[str]:
+        """The keys of ``watchers`` that may no longer watch the order (reassigned, or unknown).
+
+        Used to re-check rooms after evictions may have been lost between nodes.
+        """
+        order = await self._orders.get_order(order_id)
+        return [key for key, p in watchers.items() if order is None or not can_view_order(p, order)]
 
     async def list_for(self, principal: Principal, limit: int) -> OrderList:
         """The caller's own orders, newest first. Roles without own orders get an empty list."""

@@ -21,7 +21,7 @@ from aiohttp import web
 from hub.auth import Principal, TokenVerifier
 from hub.config import Settings
 from hub.domains.ports import order_room, presence_room, staff_room, user_room
-from hub.limits import RateLimiter
+from hub.limits import RateLimiter, TokenBucket
 from hub.metrics import HubMetrics
 from hub.services import Services
 from hub.transport.fanout import FanoutManager, websocket_transport
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 UNBOUND_ABORT_GRACE = 1.0
 """Seconds a session closed by the namespace watchdog has to close its websocket before it is aborted."""
+ORDER_ROOM_PREFIX = order_room("")
 RESYNC_COALESCE = 0.5
 """Seconds during which requests to resync this node's sockets are merged into one frame."""
 Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
@@ -46,13 +47,15 @@ Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 class Connection:
     """State of one connected socket."""
 
-    __slots__ = ("closing", "counted_present", "expiry", "principal", "rate_key", "strikes")
+    __slots__ = ("bucket", "closing", "counted_present", "expiry", "principal", "rate_key", "strikes")
 
-    def __init__(self, principal: Principal) -> None:
+    def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
         self.principal = principal
+        self.bucket = bucket
+        """This socket's own budget (the same size as the user's shared one)."""
         self.rate_key = f"{principal.role}:{principal.sub}"
         self.strikes = 0
-        """Events rejected by the rate limit since this socket's last accepted one."""
+        """Events this socket sent past its own budget since its last accepted one."""
         self.expiry: asyncio.TimerHandle | None = None
         self.closing = False
         self.counted_present = False
@@ -140,8 +143,9 @@ class SocketGateway:
     async def resync_local(self) -> None:
         """Ask every socket on this node to run ``sync``: frames from other nodes may have been lost.
 
-        Requests within :data:`RESYNC_COALESCE` seconds share one ``resync`` frame, sent
-        after the last of them, so a Redis outage seen by N nodes costs each client one sync.
+        Requests arriving within :data:`RESYNC_COALESCE` seconds of the first share one
+        ``resync`` frame, sent that long after the first (so after each of them); the
+        recoveries of several nodes after one Redis outage usually fall in one window.
         """
         if self._resync_pending:
             return
@@ -151,8 +155,27 @@ class SocketGateway:
     async def _send_resync(self) -> None:
         await asyncio.sleep(RESYNC_COALESCE)
         self._resync_pending = False
+        await self._recheck_order_rooms()
         frame = to_wire(m.ResyncFrame(reason="broker_recovered"))
         await self.sio.emit(events.RESYNC, frame, namespace=NAMESPACE)
+
+    async def _recheck_order_rooms(self) -> None:
+        """Evictions from other nodes may have been lost too: drop sockets that may no longer watch."""
+        rooms = self.manager.rooms.get(NAMESPACE, {})
+        for room in [r for r in rooms if isinstance(r, str) and r.startswith(ORDER_ROOM_PREFIX)]:
+            order_id = room.removeprefix(ORDER_ROOM_PREFIX)
+            watchers = {
+                sid: conn.principal
+                for sid, _eio_sid in list(self.manager.get_participants(NAMESPACE, room))
+                if (conn := self._connections.get(sid)) is not None
+            }
+            try:
+                revoked = await self._services.orders.revoked_watchers(order_id, watchers)
+            except Exception:
+                log.exception("re-checking the watchers of %s failed", room)
+                continue
+            for sid in revoked:
+                await self.sio.leave_room(sid, room, namespace=NAMESPACE)
 
     async def shutdown(self) -> None:
         """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
@@ -194,7 +217,7 @@ class SocketGateway:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, error_payload(exc.code, exc.message)
             ) from None
-        conn = Connection(principal)
+        conn = Connection(principal, TokenBucket(self._settings.rate_per_second, self._settings.rate_burst))
         delay = max(0.0, principal.expires_at - time.time())
         conn.expiry = asyncio.get_running_loop().call_later(delay, self._expire, sid)
         self._connections[sid] = conn
@@ -272,8 +295,11 @@ class SocketGateway:
         if conn is None or conn.closing:
             return _fail(ErrorCode.UNAUTHENTICATED, "not connected")
         self._metrics.events_in.labels(event if event in self._handlers else "unknown").inc()
-        if self._limiter is None or not await self._limiter.allow(conn.rate_key):
-            conn.strikes += 1
+        # The socket's own bucket decides who gets strikes; the shared one is the user's budget,
+        # so a polite socket is refused (never disconnected) while the user's other device floods.
+        own = conn.bucket.take()
+        if not own or self._limiter is None or not await self._limiter.allow(conn.rate_key):
+            conn.strikes += 0 if own else 1
             self._metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
             if conn.strikes > self._settings.rate_strikes:
                 self._spawn(

@@ -350,6 +350,16 @@ async def test_flood_is_throttled_then_disconnected_and_others_unaffected(  # ty
     hub = await hub_factory(rate_per_second=5, rate_burst=5, rate_strikes=20)
     bystander = await connect(http, hub, "staff", "bob", "b1")
     flooder = await connect(http, hub)
+    twin = await connect(http, hub)  # the same user on a second device, keeping to the rate
+    twin_replies: list[Any] = []
+
+    async def polite() -> None:
+        while not flooder.closed.is_set():
+            reply = await twin.emit("chat.list", {}, ack=True, timeout=15)
+            twin_replies.append(reply[0] if reply else None)
+            await asyncio.sleep(0.25)
+
+    polite_task: asyncio.Task[None] | None = None
     try:
         replies = await asyncio.gather(
             *(flooder.emit("chat.list", {}, ack=True, timeout=15) for _ in range(10))
@@ -361,6 +371,7 @@ async def test_flood_is_throttled_then_disconnected_and_others_unaffected(  # ty
         assert all(
             e["code"] == 3001 and e["name"] == "rate_limited" and e["temporary"] is True for e in limited
         )
+        polite_task = asyncio.create_task(polite())  # starts while the user's budget is spent
 
         async with asyncio.timeout(30):
             while not flooder.closed.is_set():
@@ -377,8 +388,17 @@ async def test_flood_is_throttled_then_disconnected_and_others_unaffected(  # ty
 
         assert not bystander.closed.is_set()
         assert (await expect_ok(bystander, "chat.list", {}))["conversations"] == []
+        await polite_task
+        # The budget is the user's, so the twin was refused too, but never disconnected for it.
+        assert any(r and r.get("ok") is False and r["error"]["code"] == 3001 for r in twin_replies), (
+            twin_replies
+        )
+        assert not twin.closed.is_set()
     finally:
+        if polite_task is not None:
+            polite_task.cancel()
         await flooder.close()
+        await twin.close()
         await bystander.close()
 
 

@@ -198,3 +198,40 @@ async def test_redis_down_degrades_readiness_keeps_local_chat_and_resyncs_on_ret
     assert (await ready(b.url))[1]["status"] == "ok"
     for c in (alice_on_a, staff_on_a, staff_on_b):
         await c.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_an_eviction_lost_in_a_redis_outage_is_enforced_on_recovery(
+    redis_server: RedisServer, hub_factory: HubFactory, mongo_url: str
+) -> None:
+    """A driver taken off an order while Redis was down must not keep watching it from another node."""
+    a, b = await two_nodes(hub_factory, redis_server, mongo_url)
+    created = {"type": "order.created", "event_id": "c1", "order_id": "o1", "shopper_id": "alice"}
+    await a.service("/api/v1/events", {**created, "boutique_id": "b1"})
+    assign = {"type": "delivery.assigned", "order_id": "o1"}
+    await a.service("/api/v1/events", {**assign, "event_id": "a1", "driver_id": "d1"})
+    d1_on_b = await connected(b.url, "driver", "d1")
+    await d1_on_b.ok("order.watch", {"order_id": "o1"})
+
+    await redis_server.kill()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await ready(a.url))[1]["status"] != "degraded":
+        assert asyncio.get_running_loop().time() < deadline, "never reported degraded"
+        await asyncio.sleep(0.05)
+    await a.service("/api/v1/events", {**assign, "event_id": "a2", "driver_id": "d2"})  # evict lost for B
+    await redis_server.start()
+    await d1_on_b.wait_for(lambda: d1_on_b.resyncs >= 1, timeout=10)
+
+    seen = len(frames(d1_on_b, "order.updated"))
+    status = {"type": "order.status_updated", "event_id": "s1", "order_id": "o1", "status": "confirmed"}
+    await a.service("/api/v1/events", status)
+    alice = await connected(a.url, "shopper", "alice")
+    await alice.ok("order.watch", {"order_id": "o1"})
+    await b.service("/api/v1/events", {**status, "event_id": "s2", "status": "preparing"})
+    await alice.wait_for(
+        lambda: any(f["order"]["status"] == "preparing" for f in frames(alice, "order.updated"))
+    )
+    await asyncio.sleep(0.3)
+    assert len(frames(d1_on_b, "order.updated")) == seen, "the old driver still receives the order"
+    for c in (d1_on_b, alice):
+        await c.disconnect()
