@@ -78,6 +78,12 @@ class Settings:
     kafka_heartbeat_interval: float = 3.0
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{str(ULID())[-6:]}")
 
+    def __post_init__(self) -> None:
+        """Raises ValueError for settings that would divide by zero or spin."""
+        for name in ("rate_per_second", "presence_ttl", "rate_burst"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SOKO_{name.upper()} must be greater than 0")
+
     @property
     def store_url(self) -> str:
         """The effective store URL."""
