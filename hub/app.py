@@ -67,6 +67,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Each resource is closed in reverse order, also when a later one fails to start.
         store = await open_store(settings.store_url)
         resources.push_async_callback(store.close)
+        resources.push_async_callback(cluster.broker.close)
         node = Node(settings.node_id, cluster.broker, app[METRICS])
         if kafka is not None:
             node.set_tap(kafka.tap)
@@ -76,7 +77,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store
         app[NODE] = node
         app[SERVICES] = services
-        resources.push_async_callback(cluster.broker.close)
         await node.start(app[GATEWAY])
         resources.push_async_callback(cluster.presence.close)
         await services.presence.start()
