@@ -36,7 +36,11 @@ NAMESPACE_TIMEOUT_SECONDS = 10
 
 KAFKA_SERVER_KEY = "kafka"
 KAFKA_BINDING_VERSION = "0.5.0"
-UNIONS: dict[str, Any] = {"OrderEvent": m.OrderEvent, "DurableFrame": m.DurableFrame}
+UNIONS: dict[str, Any] = {
+    "OrderEvent": m.OrderEvent,
+    "StockEvent": m.StockEvent,
+    "DurableFrame": m.DurableFrame,
+}
 """Union aliases that get a component schema of their own, by component name."""
 
 HTTP_ENDPOINTS: tuple[tuple[str, str, str, str, type[msgspec.Struct]], ...] = (
@@ -47,6 +51,20 @@ HTTP_ENDPOINTS: tuple[tuple[str, str, str, str, type[msgspec.Struct]], ...] = (
         "Append a notification to a user's inbox",
         "NotificationCreate",
         m.NotificationCreated,
+    ),
+    (
+        "POST",
+        "/api/v1/stock",
+        "Apply a stock change (set or adjust a SKU's level)",
+        "StockEvent",
+        m.StockOutcome,
+    ),
+    (
+        "POST",
+        "/api/v1/boutiques",
+        "Record where a boutique is (pickup point, dispatch searches)",
+        "BoutiqueLocation",
+        m.BoutiqueLocation,
     ),
 )
 """(method, path, summary, request body schema name, ``data`` type of the success envelope)."""
@@ -271,6 +289,17 @@ def _kafka() -> dict[str, dict[str, Any]]:
             "bindings": key_binding("The order_id: one order's events then stay in order in one partition."),
             "x-direction": "kafka-to-hub",
         },
+        "kafka.stockEvent": {
+            "name": "StockEvent",
+            "title": "Stock change record",
+            "summary": "One JSON StockEvent per record, exactly the body of POST /api/v1/stock.",
+            "contentType": "application/json",
+            "payload": _ref("StockEvent"),
+            "bindings": key_binding(
+                "<boutique_id>/<sku>: one SKU's changes then stay in order in one partition."
+            ),
+            "x-direction": "kafka-to-hub",
+        },
         "kafka.deadLetter": {
             "name": "DeadLetter",
             "title": "Dead-lettered record",
@@ -309,12 +338,27 @@ def _kafka() -> dict[str, dict[str, Any]]:
             "Read by the hub nodes as one consumer group (SOKO_KAFKA_GROUP), at least once; "
             "each event is applied once by event_id. A record that can never be applied goes "
             "to the dead-letter topic; an event naming an unknown order is retried for "
-            "SOKO_KAFKA_NOT_FOUND_GRACE seconds first. There is no stock topic yet.",
+            "SOKO_KAFKA_NOT_FOUND_GRACE seconds first.",
             parameters={
                 "topic": {
                     "enum": list(records.ORDER_TOPICS),
                     "default": records.ORDER_TOPICS[0],
                     "description": "One of SOKO_KAFKA_ORDER_TOPICS (the defaults are listed).",
+                }
+            },
+        ),
+        "kafkaStockEvents": channel(
+            "kafka.stockEvent",
+            "{topic}",
+            "Stock change topics",
+            "Read by the same consumer group, at least once; each change is applied once per "
+            "(boutique_id, event_id), and one whose source version is not newer than the last "
+            "applied from that source is ignored as stale. Poison records go to the dead-letter topic.",
+            parameters={
+                "topic": {
+                    "enum": list(records.STOCK_TOPICS),
+                    "default": records.STOCK_TOPICS[0],
+                    "description": "One of SOKO_KAFKA_STOCK_TOPICS (the defaults are listed).",
                 }
             },
         ),
@@ -350,6 +394,18 @@ def _kafka() -> dict[str, dict[str, Any]]:
             "kafkaOrderEvents",
             "kafka.orderEvent",
             "Hub consumes order events",
+            bindings={
+                "kafka": {
+                    "groupId": {"type": "string", "enum": [records.GROUP]},
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
+        ),
+        "kafka.receive.stockEvents": operation(
+            "receive",
+            "kafkaStockEvents",
+            "kafka.stockEvent",
+            "Hub consumes stock changes",
             bindings={
                 "kafka": {
                     "groupId": {"type": "string", "enum": [records.GROUP]},

@@ -20,6 +20,10 @@ class ErrorCode(enum.IntEnum):
     FRAME_TOO_LARGE = 1002
     INVALID_ID = 1003
     TEXT_TOO_LONG = 1004
+    INVALID_POSITION = 1005
+    """A coordinate, accuracy, speed or heading that is not finite or out of its range."""
+    FUTURE_TIMESTAMP = 1006
+    """A device timestamp ahead of the hub's clock by more than the allowed skew."""
     UNAUTHENTICATED = 2001
     TOKEN_EXPIRED = 2002
     FORBIDDEN = 2003
@@ -27,6 +31,8 @@ class ErrorCode(enum.IntEnum):
     RATE_LIMITED = 3001
     SLOW_CONSUMER = 3002
     SERVER_SHUTDOWN = 3003
+    LIMIT_EXCEEDED = 3004
+    """A per-user or per-socket bound (watched products, wishlist size) would be exceeded."""
     NOT_FOUND = 4001
     CONFLICT = 4002
     INTERNAL = 5000

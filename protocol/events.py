@@ -26,6 +26,19 @@ NOTIFY_PREFS: Final = "notify.prefs"
 ORDER_WATCH: Final = "order.watch"
 ORDER_UNWATCH: Final = "order.unwatch"
 ORDER_LIST: Final = "order.list"
+STOCK_UPDATE: Final = "stock.update"
+STOCK_WATCH: Final = "stock.watch"
+STOCK_UNWATCH: Final = "stock.unwatch"
+STOCK_LEVELS: Final = "stock.levels"
+STOCK_THRESHOLD: Final = "stock.threshold"
+WISHLIST_ADD: Final = "wishlist.add"
+WISHLIST_REMOVE: Final = "wishlist.remove"
+WISHLIST_LIST: Final = "wishlist.list"
+DRIVER_LOCATION: Final = "driver.location"
+TRACK_WATCH: Final = "track.watch"
+TRACK_UNWATCH: Final = "track.unwatch"
+TRACK_HISTORY: Final = "track.history"
+DISPATCH_NEARBY: Final = "dispatch.nearby"
 
 # server -> client
 WELCOME: Final = "welcome"
@@ -38,6 +51,9 @@ PRESENCE: Final = "presence"
 ORDER_UPDATED: Final = "order.updated"
 SESSION_CLOSING: Final = "session.closing"
 RESYNC: Final = "resync"
+STOCK: Final = "stock"
+TRACK_POSITION: Final = "track.position"
+TRACK_ENDED: Final = "track.ended"
 
 CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     SYNC: m.SyncRequest,
@@ -54,6 +70,19 @@ CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     ORDER_WATCH: m.OrderWatchRequest,
     ORDER_UNWATCH: m.OrderWatchRequest,
     ORDER_LIST: m.OrderListRequest,
+    STOCK_UPDATE: m.StockUpdateRequest,
+    STOCK_WATCH: m.StockWatchRequest,
+    STOCK_UNWATCH: m.StockWatchRequest,
+    STOCK_LEVELS: m.StockLevelsRequest,
+    STOCK_THRESHOLD: m.ThresholdRequest,
+    WISHLIST_ADD: m.WishlistRequest,
+    WISHLIST_REMOVE: m.WishlistRequest,
+    WISHLIST_LIST: m.WishlistListRequest,
+    DRIVER_LOCATION: m.LocationUpdate,
+    TRACK_WATCH: m.TrackRequest,
+    TRACK_UNWATCH: m.TrackRequest,
+    TRACK_HISTORY: m.TrackHistoryRequest,
+    DISPATCH_NEARBY: m.NearbyRequest,
 }
 """Client event -> the Struct its single argument must decode into."""
 
@@ -72,6 +101,19 @@ CLIENT_EVENT_REPLIES: Final[dict[str, type[m.Frame] | None]] = {
     ORDER_WATCH: m.OrderView,
     ORDER_UNWATCH: None,
     ORDER_LIST: m.OrderList,
+    STOCK_UPDATE: m.StockUpdateReply,
+    STOCK_WATCH: m.StockSnapshot,
+    STOCK_UNWATCH: None,
+    STOCK_LEVELS: m.StockSnapshot,
+    STOCK_THRESHOLD: m.StockItem,
+    WISHLIST_ADD: m.Wishlist,
+    WISHLIST_REMOVE: m.Wishlist,
+    WISHLIST_LIST: m.Wishlist,
+    DRIVER_LOCATION: m.LocationAccepted,
+    TRACK_WATCH: m.TrackSnapshot,
+    TRACK_UNWATCH: None,
+    TRACK_HISTORY: m.TrackHistory,
+    DISPATCH_NEARBY: m.NearbyDrivers,
 }
 """Client event -> the Struct in ``AckOk.data`` (None: data is null)."""
 
@@ -86,5 +128,8 @@ SERVER_EVENTS: Final[dict[str, type[m.Frame]]] = {
     ORDER_UPDATED: m.OrderUpdatedFrame,
     SESSION_CLOSING: m.SessionClosing,
     RESYNC: m.ResyncFrame,
+    STOCK: m.StockFrame,
+    TRACK_POSITION: m.PositionFrame,
+    TRACK_ENDED: m.TrackEndedFrame,
 }
 """Server event -> the Struct it carries."""

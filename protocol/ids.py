@@ -17,7 +17,9 @@ ID_PATTERN = rf"^{ID_CHARS}(?!\n)$"
 """``(?!\n)$``: Python's ``$`` also matches before a final newline; this form means the true end
 in both Python (msgspec) and JSON Schema regex dialects."""
 ID_RE = re.compile(ID_PATTERN)
-STREAM_PATTERN = rf"^(chat:b:{ID_CHARS}:{ID_CHARS}|chat:o:{ID_CHARS}|inbox:[ub]:{ID_CHARS})(?!\n)$"
+STREAM_PATTERN = (
+    rf"^(chat:b:{ID_CHARS}:{ID_CHARS}|chat:o:{ID_CHARS}|inbox:[ub]:{ID_CHARS}|inv:{ID_CHARS})(?!\n)$"
+)
 STREAM_RE = re.compile(STREAM_PATTERN)
 
 
@@ -43,6 +45,8 @@ class StreamKind(enum.StrEnum):
     """One user's notification inbox: ``inbox:u:<user>``."""
     BOUTIQUE_INBOX = "inbox:b"
     """A boutique's shared staff inbox: ``inbox:b:<boutique>``."""
+    INVENTORY = "inv"
+    """A boutique's stock changes, one entry per applied change: ``inv:<boutique>``."""
 
 
 def is_id(value: object) -> bool:
@@ -76,6 +80,11 @@ def boutique_inbox(boutique_id: str) -> str:
     return f"inbox:b:{_require_id(boutique_id)}"
 
 
+def inventory(boutique_id: str) -> str:
+    """Stream id of a boutique's inventory log."""
+    return f"inv:{_require_id(boutique_id)}"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRef:
     """A parsed stream id. Exactly the fields its kind uses are set."""
@@ -96,6 +105,8 @@ def parse_stream(stream: str) -> StreamRef:
     if not isinstance(stream, str) or STREAM_RE.fullmatch(stream) is None:
         raise ValueError(f"not a valid stream id: {stream!r}")
     parts = stream.split(":")
+    if parts[0] == StreamKind.INVENTORY:
+        return StreamRef(StreamKind.INVENTORY, boutique_id=parts[1])
     family = f"{parts[0]}:{parts[1]}"
     if family == StreamKind.BOUTIQUE_CHAT:
         return StreamRef(StreamKind.BOUTIQUE_CHAT, boutique_id=parts[2], shopper_id=parts[3])

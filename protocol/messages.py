@@ -35,6 +35,15 @@ ChatText = Annotated[str, msgspec.Meta(min_length=1)]
 """Length beyond MAX_TEXT_CHARS is reported as TEXT_TOO_LONG by the domain, not as a decode error."""
 Category = Literal["order", "delivery", "payment", "chat", "stock", "device", "system"]
 CATEGORIES: tuple[str, ...] = ("order", "delivery", "payment", "chat", "stock", "device", "system")
+Level = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+"""Units of one SKU on hand; never negative."""
+SourceVersion = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+MAX_STOCK_BATCH = 100
+"""Most stock updates in one ``stock.update`` request."""
+MAX_WATCHED_SKUS = 100
+"""Most SKUs one ``stock.watch`` request may name."""
+MAX_TRACK_POINTS = 2000
+"""Largest track page ``track.history`` may ask for."""
 OrderStatus = Literal[
     "created", "confirmed", "preparing", "ready", "picked_up", "in_transit", "delivered", "cancelled"
 ]
@@ -103,7 +112,28 @@ class NotificationFrame(Frame, tag="notification", tag_field="kind"):
     badge: int = 0
 
 
-DurableFrame = ChatFrame | NotificationFrame
+class StockFrame(Frame, tag="stock", tag_field="kind"):
+    """One applied stock change of a boutique's inventory stream (``inv:<boutique>``).
+
+    ``version`` is the SKU's version after the change; it rises by one per applied
+    change of that SKU. A client keeps, per SKU, the frame with the highest version and
+    ignores any other: frames can arrive out of order (live vs. catch-up, two nodes).
+    """
+
+    stream: str
+    seq: int
+    epoch: str
+    ts: int
+    boutique_id: str
+    sku: str
+    level: int
+    version: int
+    event_id: str
+    delta: int
+    """Change in level this entry made (may differ from a requested adjust when clamped at 0)."""
+
+
+DurableFrame = ChatFrame | NotificationFrame | StockFrame
 
 
 # ---------------------------------------------------------------- catch-up
@@ -327,13 +357,26 @@ class NotificationCreated(Frame):
 # ---------------------------------------------------------------- orders
 
 
+class GeoPoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A WGS84 point in decimal degrees."""
+
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+
+
 class OrderCreated(Request, tag="order.created", tag_field="type"):
+    """A new order. ``pickup`` defaults to the boutique's location (``POST /api/v1/boutiques``);
+    ``dropoff`` is the shopper's door. Both feed ETA and geofences; without them the order
+    is still tracked, with no ETA and no geofence notifications."""
+
     event_id: Id
     order_id: Id
     shopper_id: Id
     boutique_id: Id
     total_cents: Annotated[int, msgspec.Meta(ge=0)] | None = None
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+    pickup: GeoPoint | None = None
+    dropoff: GeoPoint | None = None
 
 
 class OrderStatusUpdated(Request, tag="order.status_updated", tag_field="type"):
@@ -397,6 +440,274 @@ class OrderUpdatedFrame(Frame):
     """``order.updated``: to everyone watching the order."""
 
     order: OrderView
+
+
+class BoutiqueLocation(Request):
+    """Body of ``POST /api/v1/boutiques`` (service token): where a boutique is."""
+
+    boutique_id: Id
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+
+
+# ---------------------------------------------------------------- inventory
+
+
+class StockSet(Request, tag="stock.set", tag_field="type"):
+    """Set a SKU's level. With ``version`` (a source that counts its own changes, such as a
+    shelf sensor or the platform's inventory service), it applies only when ``version`` is
+    higher than the last one applied from the same source; otherwise it is stale."""
+
+    event_id: Id
+    boutique_id: Id
+    sku: Id
+    level: Level
+    version: SourceVersion | None = None
+
+
+class StockAdjust(Request, tag="stock.adjust", tag_field="type"):
+    """Add ``delta`` (negative: remove) to a SKU's level; the level stops at 0.
+    ``version`` as in :class:`StockSet`."""
+
+    event_id: Id
+    boutique_id: Id
+    sku: Id
+    delta: Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
+    version: SourceVersion | None = None
+
+
+StockEvent = StockSet | StockAdjust
+"""A stock change: the body of ``POST /api/v1/stock``, a record on the stock topic, an item of
+``stock.update``. Applied at most once per ``(boutique_id, event_id)``."""
+
+
+class StockUpdateRequest(Request):
+    """``stock.update``: staff of the boutique or its devices (edge gateway) change stock."""
+
+    updates: Annotated[list[StockEvent], msgspec.Meta(min_length=1, max_length=MAX_STOCK_BATCH)]
+
+
+class StockOutcome(Frame):
+    """What became of one stock event. ``level``/``version`` are the SKU's state afterwards.
+
+    ``applied``: this call changed the stock. ``duplicate``: the event id was applied
+    before (nothing changed now). ``stale``: its source ``version`` was not newer than the
+    last applied from that source, so it was ignored.
+    """
+
+    event_id: str
+    boutique_id: str
+    sku: str
+    applied: bool
+    duplicate: bool
+    stale: bool
+    level: int
+    version: int
+
+
+class StockUpdateReply(Frame):
+    results: list[StockOutcome]
+
+
+class StockItem(Frame):
+    """A SKU's current state. ``low`` is True while a low-stock alert is raised (hysteresis)."""
+
+    sku: str
+    level: int
+    version: int
+    low: bool
+    threshold: int | None
+    updated_ts: int
+
+
+class StockWatchRequest(Request):
+    """``stock.watch`` / ``stock.unwatch``: a whole boutique (no ``skus``) or some of its products."""
+
+    boutique_id: Id
+    skus: Annotated[list[Id], msgspec.Meta(max_length=MAX_WATCHED_SKUS)] = []
+
+
+class StockLevelsRequest(Request):
+    """``stock.levels``: a page of current states, by SKU ascending after ``after``."""
+
+    boutique_id: Id
+    skus: Annotated[list[Id], msgspec.Meta(max_length=MAX_WATCHED_SKUS)] = []
+    after: Id | None = None
+    limit: PageSize = MAX_PAGE
+
+
+class StockSnapshot(Frame):
+    """Current states (the reply to ``stock.watch`` and ``stock.levels``).
+
+    ``stream``/``epoch``/``head`` locate the boutique's inventory stream at the time of
+    the read: ``catchup`` from ``head`` gets every later change. When ``has_more``, ask
+    ``stock.levels`` with ``after: next_after`` for the next page.
+    """
+
+    boutique_id: str
+    stream: str
+    epoch: str
+    head: int
+    items: list[StockItem]
+    has_more: bool
+    next_after: str | None
+
+
+class ThresholdRequest(Request):
+    """``stock.threshold`` (staff): alert when the level falls to ``low`` or below, and re-arm
+    only once it is back at ``clear`` or above (default ``low + max(1, low // 5)``).
+    ``low: null`` removes the alert."""
+
+    boutique_id: Id
+    sku: Id
+    low: Level | None
+    clear: Level | None = None
+
+
+class WishlistRequest(Request):
+    """``wishlist.add`` / ``wishlist.remove`` (shoppers)."""
+
+    boutique_id: Id
+    sku: Id
+
+
+class WishlistListRequest(Request):
+    """``wishlist.list``: the caller's wishlist, newest first."""
+
+    limit: PageSize = DEFAULT_PAGE
+
+
+class WishlistItem(Frame):
+    boutique_id: str
+    sku: str
+    added_ts: int
+    level: int | None
+    """The SKU's current level; None when the hub has never seen it."""
+
+
+class Wishlist(Frame):
+    items: list[WishlistItem]
+
+
+# ---------------------------------------------------------------- location
+
+
+class LocationUpdate(Request, kw_only=True):
+    """``driver.location``: one GPS fix of the sending driver (drivers only, up to 1 Hz).
+
+    Checked, not trusted: coordinates must be finite and in range, ``accuracy`` (metres),
+    ``speed`` (m/s) and ``heading`` (degrees, [0, 360)) too; ``ts`` (device time, ms since
+    the Unix epoch) may not be ahead of the hub's clock by more than the allowed skew.
+    """
+
+    lat: float
+    lon: float
+    accuracy: float
+    speed: float | None = None
+    heading: float | None = None
+    ts: int
+
+
+class LocationAccepted(Frame):
+    """Ack data of ``driver.location``. A fix the filters drop is not an error: ``kept`` is
+    False and ``reason`` says which filter (``accuracy``, ``outdated``, ``speed``,
+    ``period``, ``distance``)."""
+
+    kept: bool
+    reason: str | None = None
+
+
+class Eta(Frame):
+    """Estimated arrival at the shopper's door.
+
+    ``seconds`` = remaining route distance / speed, where the route is the straight-line
+    (great-circle) distance via the pickup while the order is not picked up yet, times a
+    detour factor, and the speed is the driver's recent average, never below the floor.
+    """
+
+    seconds: int
+    distance_m: int
+    speed_mps: float
+
+
+class PositionFrame(Frame, kw_only=True):
+    """``track.position``: the latest kept fix of an order's driver, to that order's watchers."""
+
+    order_id: str
+    driver_id: str
+    lat: float
+    lon: float
+    accuracy: float
+    speed: float | None
+    heading: float | None
+    ts: int
+    eta: Eta | None = None
+
+
+class TrackRequest(Request):
+    """``track.watch`` / ``track.unwatch``: follow an order's driver (its shopper and dispatchers)."""
+
+    order_id: Id
+
+
+class TrackSnapshot(Frame):
+    """Reply to ``track.watch``: the order's status and the driver's latest position, if any.
+
+    ``active`` is True from ``delivery.assigned`` until ``delivered``/``cancelled``; only then
+    do ``track.position`` frames flow.
+    """
+
+    order_id: str
+    status: str
+    active: bool
+    position: PositionFrame | None
+
+
+class TrackEndedFrame(Frame):
+    """``track.ended``: no more positions for this order (delivered or cancelled)."""
+
+    order_id: str
+    status: str
+
+
+class TrackHistoryRequest(Request):
+    """``track.history``: the order's sampled, persisted track, oldest first."""
+
+    order_id: Id
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRACK_POINTS)] = MAX_TRACK_POINTS
+
+
+class TrackPoint(Frame):
+    ts: int
+    lat: float
+    lon: float
+
+
+class TrackHistory(Frame):
+    order_id: str
+    points: list[TrackPoint]
+
+
+class NearbyRequest(Request):
+    """``dispatch.nearby`` (dispatchers): drivers whose last-known position is within
+    ``radius_km`` of a boutique, nearest first."""
+
+    boutique_id: Id
+    radius_km: Annotated[float, msgspec.Meta(gt=0, le=100)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
+
+
+class NearbyDriver(Frame):
+    driver_id: str
+    lat: float
+    lon: float
+    distance_m: int
+    ts: int
+
+
+class NearbyDrivers(Frame):
+    boutique_id: str
+    drivers: list[NearbyDriver]
 
 
 # ---------------------------------------------------------------- session

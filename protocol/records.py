@@ -1,10 +1,13 @@
 """Kafka records: what the hub consumes and produces on the platform's Kafka, besides Socket.IO.
 
-- **Ingest topics** (default :data:`ORDER_TOPICS`): each record's value is one JSON
+- **Order ingest topics** (default :data:`ORDER_TOPICS`): each record's value is one JSON
   :data:`~protocol.messages.OrderEvent`, exactly the body of ``POST /api/v1/events``.
   Producers should key records by ``order_id`` so one order's events stay in order
-  within a partition. There is no stock topic yet: stock events have no domain to
-  apply them to.
+  within a partition.
+- **Stock ingest topics** (default :data:`STOCK_TOPICS`): each record's value is one JSON
+  :data:`~protocol.messages.StockEvent`, exactly the body of ``POST /api/v1/stock``.
+  Producers should key records by ``<boutique_id>/<sku>``; reordering across partitions
+  is harmless when events carry a source ``version`` (stale ones are ignored).
 - **Dead-letter topic** (default :data:`DLQ_TOPIC`): a record the hub can never apply,
   copied with its original key and value byte for byte (so it can be replayed by
   producing it again), plus the :data:`DLQ_HEADERS` saying why and where it came from.
@@ -23,7 +26,9 @@ import msgspec
 from protocol import events
 
 ORDER_TOPICS: Final[tuple[str, ...]] = ("orders", "deliveries", "payments")
-"""Default ingest topics (``SOKO_KAFKA_ORDER_TOPICS``)."""
+"""Default order ingest topics (``SOKO_KAFKA_ORDER_TOPICS``)."""
+STOCK_TOPICS: Final[tuple[str, ...]] = ("stock",)
+"""Default stock ingest topics (``SOKO_KAFKA_STOCK_TOPICS``)."""
 GROUP: Final = "soko-hub"
 """Default consumer group of the hub nodes (``SOKO_KAFKA_GROUP``)."""
 DLQ_TOPIC: Final = "soko.dlq"
@@ -31,13 +36,15 @@ DLQ_TOPIC: Final = "soko.dlq"
 ANALYTICS_TOPIC_EXAMPLE: Final = "soko.analytics"
 """Suggested analytics topic; the producer is off until ``SOKO_KAFKA_ANALYTICS_TOPIC`` names one."""
 
-ANALYTICS_EVENTS: Final[frozenset[str]] = frozenset({events.CHAT_MESSAGE, events.NOTIFICATION})
-"""Server events copied to the analytics topic: chat messages and notifications.
+ANALYTICS_EVENTS: Final[frozenset[str]] = frozenset(
+    {events.CHAT_MESSAGE, events.NOTIFICATION, events.STOCK, events.TRACK_POSITION}
+)
+"""Server events copied to the analytics topic: chat messages, notifications, applied stock
+changes and driver positions (after the GPS filters, only for orders being delivered).
 
-Inventory and location frames join this set when their domains exist. Excluded on
-purpose: typing indicators, read marks, presence, badges and session frames (high
-volume, no business fact), and ``order.updated`` (it restates order events the
-platform already has on its own topics).
+Excluded on purpose: typing indicators, read marks, presence, badges and session frames
+(high volume, no business fact), ``order.updated`` (it restates order events the platform
+already has on its own topics), and ``track.ended`` (it restates ``delivered``).
 """
 
 DLQ_ERROR_CODE: Final = "soko.error.code"

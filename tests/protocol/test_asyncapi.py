@@ -116,7 +116,12 @@ def test_error_codes_table(doc: dict[str, Any]) -> None:
 
 def test_http_endpoints(doc: dict[str, Any]) -> None:
     endpoints = {(e["method"], e["path"]): e for e in doc["x-http-endpoints"]}
-    assert set(endpoints) == {("POST", "/api/v1/events"), ("POST", "/api/v1/notifications")}
+    assert set(endpoints) == {
+        ("POST", "/api/v1/events"),
+        ("POST", "/api/v1/notifications"),
+        ("POST", "/api/v1/stock"),
+        ("POST", "/api/v1/boutiques"),
+    }
     schemas = doc["components"]["schemas"]
     events_body = endpoints["POST", "/api/v1/events"]["requestBody"]["schema"]
     assert events_body == {"$ref": "#/components/schemas/OrderEvent"}
@@ -124,6 +129,9 @@ def test_http_endpoints(doc: dict[str, Any]) -> None:
     assert tags == {"order.created", "order.status_updated", "delivery.assigned", "payment.completed"}
     notif_body = endpoints["POST", "/api/v1/notifications"]["requestBody"]["schema"]
     assert notif_body == {"$ref": "#/components/schemas/NotificationCreate"}
+    stock_body = endpoints["POST", "/api/v1/stock"]["requestBody"]["schema"]
+    assert stock_body == {"$ref": "#/components/schemas/StockEvent"}
+    assert set(schemas["StockEvent"]["x-discriminator"]["mapping"]) == {"stock.set", "stock.adjust"}
 
 
 def test_handshake(doc: dict[str, Any]) -> None:
@@ -147,17 +155,21 @@ def test_kafka_channels(doc: dict[str, Any]) -> None:
     channels = {key: c for key, c in doc["channels"].items() if c["servers"] == [{"$ref": "#/servers/kafka"}]}
     assert {key: c["address"] for key, c in channels.items()} == {
         "kafkaOrderEvents": "{topic}",
+        "kafkaStockEvents": "{topic}",
         "kafkaDeadLetter": records.DLQ_TOPIC,
         "kafkaAnalytics": records.ANALYTICS_TOPIC_EXAMPLE,
     }
     assert channels["kafkaOrderEvents"]["parameters"]["topic"]["enum"] == list(records.ORDER_TOPICS)
+    assert channels["kafkaStockEvents"]["parameters"]["topic"]["enum"] == list(records.STOCK_TOPICS)
     messages = doc["components"]["messages"]
     assert messages["kafka.orderEvent"]["payload"] == {"$ref": "#/components/schemas/OrderEvent"}
+    assert messages["kafka.stockEvent"]["payload"] == {"$ref": "#/components/schemas/StockEvent"}
     assert messages["kafka.analytics"]["payload"] == {"$ref": "#/components/schemas/AnalyticsRecord"}
     assert messages["kafka.deadLetter"]["headers"] == {"$ref": "#/components/schemas/DeadLetterHeaders"}
     actions = {key: op["action"] for key, op in doc["operations"].items() if key.startswith("kafka.")}
     assert actions == {
         "kafka.receive.orderEvents": "receive",
+        "kafka.receive.stockEvents": "receive",
         "kafka.send.deadLetter": "send",
         "kafka.send.analytics": "send",
     }
