@@ -22,7 +22,7 @@ is small mutable state keyed by ids; each method says its own guarantee.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -54,6 +54,10 @@ class StreamHead(msgspec.Struct, frozen=True, kw_only=True):
     last_ts: int
 
 
+LatLon = tuple[float, float]
+"""A WGS84 point as ``(lat, lon)`` in decimal degrees."""
+
+
 class OrderRecord(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str
     shopper_id: str
@@ -61,6 +65,52 @@ class OrderRecord(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     driver_id: str | None
     updated_ts: int
+    pickup: LatLon | None = None
+    dropoff: LatLon | None = None
+
+
+class StockRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The current state of one SKU of one boutique. Owned by the inventory domain;
+    the store only keeps it and guards ``version``."""
+
+    boutique_id: str
+    sku: str
+    level: int
+    version: int
+    """Rises by exactly one with each committed change; 0 before the first (threshold only)."""
+    sources: dict[str, int]
+    """Per source (``device:<id>``, ``service``...), the highest source version applied."""
+    low: bool
+    """A low-stock alert is raised and not yet re-armed."""
+    threshold: int | None
+    clear: int | None
+    updated_ts: int
+
+
+class StockCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of :meth:`InventoryStore.commit_stock`.
+
+    ``committed``: ``record`` is stored and ``entry`` appended. ``duplicate``: the event id
+    was committed before; ``entry`` is that original entry and ``record`` the SKU's state now.
+    ``conflict``: the SKU's version was not ``expected_version``; nothing was written and
+    ``record`` is the state now (None if the SKU does not exist).
+    """
+
+    outcome: Literal["committed", "duplicate", "conflict"]
+    record: StockRecord | None
+    entry: StoredEntry | None
+
+
+class WishRecord(msgspec.Struct, frozen=True, kw_only=True):
+    boutique_id: str
+    sku: str
+    added_ts: int
+
+
+class TrackPointRecord(msgspec.Struct, frozen=True, kw_only=True):
+    ts: int
+    lat: float
+    lon: float
 
 
 class StreamStore(Protocol):
@@ -146,6 +196,95 @@ class OrderStore(Protocol):
         ...
 
 
+class InventoryStore(Protocol):
+    """Per-SKU stock state, and each boutique's inventory stream (``inv:<boutique>``).
+
+    :meth:`commit_stock` is the only writer of stock state. It is a compare-and-set on
+    the SKU's ``version`` that also appends the change to the boutique's stream, keyed
+    ``(author="stock:<boutique>", client_id=event_id)``, all or nothing as seen by any
+    later :meth:`commit_stock`: concurrent committers on any number of nodes never both
+    win one version, and an event id is committed at most once per boutique. Readers
+    (:meth:`stock`, :meth:`stock_page`) may briefly see a committed state before its
+    stream entry is readable (MongoDB finishes an interrupted commit on the next commit of
+    the SKU or on a retry of the same event).
+    """
+
+    async def stock(self, boutique_id: str, sku: str) -> StockRecord | None: ...
+
+    async def stock_page(
+        self, boutique_id: str, *, skus: list[str] | None, after: str | None, limit: int
+    ) -> list[StockRecord]:
+        """SKUs of the boutique (only those in ``skus`` when given) with ``sku > after``,
+        ascending by sku, at most ``limit``."""
+        ...
+
+    async def stock_entry(self, boutique_id: str, event_id: str) -> StoredEntry | None:
+        """The inventory stream entry committed for ``event_id``, if any."""
+        ...
+
+    async def commit_stock(
+        self, record: StockRecord, *, expected_version: int, event_id: str, payload: bytes, ts: int
+    ) -> StockCommit:
+        """Store ``record`` (whose version must be ``expected_version + 1``) if the SKU's
+        version is ``expected_version`` (0 also when the SKU does not exist yet), and append
+        ``payload`` to the boutique's inventory stream. Durable on return.
+
+        Every field of ``record`` is stored except ``threshold`` and ``clear``, which only
+        :meth:`set_threshold` writes; the returned record carries the stored ones.
+
+        Raises:
+            ValueError: when ``record.version != expected_version + 1``.
+        """
+        ...
+
+    async def set_threshold(
+        self, boutique_id: str, sku: str, low: int | None, clear: int | None
+    ) -> StockRecord:
+        """Set (``low`` None: remove) the SKU's alert threshold and return the SKU's state.
+
+        Does not change ``version``. A SKU without state is created at level 0 and
+        version 0, so a threshold can be declared before any stock arrives.
+        """
+        ...
+
+
+class WishlistStore(Protocol):
+    async def add_wish(self, user: str, boutique_id: str, sku: str, ts: int) -> None:
+        """Idempotent: adding a wish that exists keeps its original ``added_ts``."""
+        ...
+
+    async def remove_wish(self, user: str, boutique_id: str, sku: str) -> None:
+        """Idempotent."""
+        ...
+
+    async def wishes_of(self, user: str, limit: int) -> list[WishRecord]:
+        """The user's wishes, newest first."""
+        ...
+
+    async def wishers(self, boutique_id: str, sku: str, *, after: str | None, limit: int) -> list[str]:
+        """Users who wish for the SKU with ``user > after``, ascending, at most ``limit``."""
+        ...
+
+
+class TrackStore(Protocol):
+    async def add_track_point(self, order_id: str, point: TrackPointRecord) -> None:
+        """Append a sampled position to the order's track. A point with the same ``ts``
+        as a stored one is ignored."""
+        ...
+
+    async def track_points(self, order_id: str, limit: int) -> list[TrackPointRecord]:
+        """The order's track, oldest first, at most ``limit`` points (the oldest ones)."""
+        ...
+
+
+class PlaceStore(Protocol):
+    async def set_boutique_location(self, boutique_id: str, location: LatLon) -> None:
+        """Create or replace where the boutique is."""
+        ...
+
+    async def boutique_location(self, boutique_id: str) -> LatLon | None: ...
+
+
 class EventLedger(Protocol):
     """Remembers which external events (service, Kafka, Stripe) were fully applied."""
 
@@ -156,7 +295,18 @@ class EventLedger(Protocol):
         ...
 
 
-class Store(StreamStore, CursorStore, PreferenceStore, OrderStore, EventLedger, Protocol):
+class Store(
+    StreamStore,
+    CursorStore,
+    PreferenceStore,
+    OrderStore,
+    EventLedger,
+    InventoryStore,
+    WishlistStore,
+    TrackStore,
+    PlaceStore,
+    Protocol,
+):
     """Everything the hub needs from durable storage."""
 
     async def ping(self) -> None:

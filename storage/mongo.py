@@ -45,6 +45,44 @@ Idempotency
     ``duplicate=True``. A duplicate writes nothing new: its hint repair only restates
     what the original append stored.
 
+Stock commits, without a multi-document transaction
+    :meth:`MongoStore.commit_stock` writes two documents, the SKU's state in ``stock``
+    and its entry in the boutique's inventory stream, and any number of nodes may
+    commit to one SKU at once. The SKU's document is the compare-and-set point, and it
+    carries the commit in flight in its ``pending`` field (``null`` when none is):
+
+    1. look the event up (below); if it was committed, return ``duplicate``;
+    2. compare-and-set: update the document where ``version == expected`` and
+       ``pending == null``, setting the new state and
+       ``pending: {event_id, payload, ts}`` (expected 0 with no document: insert it;
+       the unique ``(boutique_id, sku)`` index decides between racing inserters);
+    3. append the entry through :meth:`MongoStore.append` (stream ``inv:<boutique>``,
+       author ``stock:<boutique>``, client id the event id): idempotent, gap-free;
+    4. clear ``pending``, filtered on its event id.
+
+    A committer whose step 2 matched nothing re-reads the document and, if it has a
+    ``pending``, finishes it (steps 3 and 4, which any node may repeat) before
+    answering ``conflict``. So a node that dies after step 2 blocks the SKU only until
+    the next commit to it, or until the retry of the same event, which finds the
+    pending change, finishes it and answers ``duplicate``. Its state is visible to
+    :meth:`MongoStore.stock` from step 2 on, its entry from step 3.
+
+    Looking an event up (:meth:`MongoStore.stock_entry`, step 1) asks for a pending
+    change with that event id first and for the entry second. A commit moves from
+    pending to entry to cleared in that order, so whatever point a concurrent commit of
+    the same event reaches between the two lookups, one of them sees it, or the commit's
+    step 2 comes after the lookup and races this one's for the same version. That makes
+    an event id commit at most once per boutique as long as it names one SKU; two
+    commits of one event id to two SKUs of a boutique, racing from two nodes, can both
+    pass step 2, and the loser's state is then stored without an entry of its own.
+
+    Only :meth:`MongoStore.set_threshold` writes ``threshold`` and ``clear``; step 2
+    sets the other fields by name and returns the document after the update, so it
+    neither overwrites nor invents them. (It does not upsert: SecantusDB's
+    ``findAndModify`` with ``upsert`` is unreliable, see :meth:`MongoStore._stream_state`.)
+    ``sources`` is stored as ``[[source, version], ...]`` pairs, so a source name is
+    never a field name.
+
 Queries
     Every id reaches a query as a plain value (``{"stream": stream}``), never as a
     document built from client input, so no operator can ride in. Entry ranges are
@@ -63,7 +101,7 @@ from typing import Any, Final
 
 import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -71,7 +109,18 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 from ulid import ULID
 
-from storage.base import AppendResult, OrderRecord, StoredEntry, StreamHead
+from protocol.ids import inventory
+from storage.base import (
+    AppendResult,
+    LatLon,
+    OrderRecord,
+    StockCommit,
+    StockRecord,
+    StoredEntry,
+    StreamHead,
+    TrackPointRecord,
+    WishRecord,
+)
 
 Doc = dict[str, Any]
 
@@ -101,8 +150,24 @@ _INDEXES: Final[dict[str, list[IndexModel]]] = {
         IndexModel([(field, ASCENDING), ("updated_ts", DESCENDING)], name=f"{field}_updated_ts")
         for field in sorted(_ORDER_FIELDS)
     ],
+    "stock": [
+        IndexModel([("boutique_id", ASCENDING), ("sku", ASCENDING)], name="boutique_sku", unique=True),
+        IndexModel([("boutique_id", ASCENDING), ("pending.event_id", ASCENDING)], name="boutique_pending"),
+    ],
+    "wishes": [
+        IndexModel([("user", ASCENDING), ("added_ts", DESCENDING)], name="user_added_ts"),
+        IndexModel(
+            [("boutique_id", ASCENDING), ("sku", ASCENDING), ("user", ASCENDING)],
+            name="boutique_sku_user",
+            unique=True,
+        ),
+    ],
+    "track_points": [IndexModel([("order_id", ASCENDING), ("ts", ASCENDING)], name="order_ts", unique=True)],
 }
-"""Every index a query here relies on, by collection. ``prefs`` and ``events_seen`` use ``_id``."""
+"""Every index a query here relies on, by collection. ``prefs``, ``events_seen`` and ``places``
+use ``_id``."""
+_STOCK_FIELDS: Final = {"_id": 0, "pending": 0}
+"""Projection of a stock document onto :class:`StockRecord`'s fields."""
 
 
 class _StreamLocks:
@@ -147,7 +212,37 @@ def _order(doc: Mapping[str, Any]) -> OrderRecord:
         status=doc["status"],
         driver_id=doc["driver_id"],
         updated_ts=int(doc["updated_ts"]),
+        pickup=_point(doc.get("pickup")),
+        dropoff=_point(doc.get("dropoff")),
     )
+
+
+def _point(value: list[float] | None) -> LatLon | None:
+    """``[lat, lon]`` as stored, or None (also for an order stored before it had points)."""
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def _optional_int(value: int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _stock(doc: Mapping[str, Any]) -> StockRecord:
+    return StockRecord(
+        boutique_id=doc["boutique_id"],
+        sku=doc["sku"],
+        level=int(doc["level"]),
+        version=int(doc["version"]),
+        sources={str(source): int(version) for source, version in doc["sources"]},
+        low=bool(doc["low"]),
+        threshold=_optional_int(doc["threshold"]),
+        clear=_optional_int(doc["clear"]),
+        updated_ts=int(doc["updated_ts"]),
+    )
+
+
+def _stock_author(boutique_id: str) -> str:
+    """The author of the boutique's inventory stream entries; their client id is the event id."""
+    return f"stock:{boutique_id}"
 
 
 class MongoStore:
@@ -166,6 +261,11 @@ class MongoStore:
         self._prefs = db.get_collection("prefs")
         self._orders = db.get_collection("orders")
         self._events = db.get_collection("events_seen")
+        self._stock = db.get_collection("stock")
+        self._stock_local = db.get_collection("stock", read_concern=local)
+        self._wishes = db.get_collection("wishes")
+        self._track_points = db.get_collection("track_points")
+        self._places = db.get_collection("places")
         self._locks = _StreamLocks()
         self._closed = False
 
@@ -457,6 +557,8 @@ class MongoStore:
                 "status": order.status,
                 "driver_id": order.driver_id,
                 "updated_ts": order.updated_ts,
+                "pickup": None if order.pickup is None else list(order.pickup),
+                "dropoff": None if order.dropoff is None else list(order.dropoff),
             },
         )
         return order
@@ -481,6 +583,224 @@ class MongoStore:
             await collection.replace_one({"_id": _id}, fields, upsert=True)
         except DuplicateKeyError:  # a concurrent upsert inserted it first: now it is a replace
             await collection.replace_one({"_id": _id}, fields)
+
+    # ------------------------------------------------------------------ inventory
+
+    async def stock(self, boutique_id: str, sku: str) -> StockRecord | None:
+        self._check_open()
+        doc = await self._stock.find_one({"boutique_id": boutique_id, "sku": sku}, _STOCK_FIELDS)
+        return None if doc is None else _stock(doc)
+
+    async def stock_page(
+        self, boutique_id: str, *, skus: list[str] | None, after: str | None, limit: int
+    ) -> list[StockRecord]:
+        self._check_open()
+        if limit <= 0:
+            return []
+        query: Doc = {"boutique_id": boutique_id}
+        sku_range: Doc = {}
+        if skus is not None:
+            sku_range["$in"] = list(skus)
+        if after is not None:
+            sku_range["$gt"] = after
+        if sku_range:
+            query["sku"] = sku_range
+        cursor = self._stock.find(query, _STOCK_FIELDS, sort=[("sku", ASCENDING)], limit=limit)
+        return [_stock(doc) async for doc in cursor]
+
+    async def stock_entry(self, boutique_id: str, event_id: str) -> StoredEntry | None:
+        """As in :class:`storage.base.InventoryStore`; a commit of ``event_id`` that was
+        interrupted after its compare-and-set is finished first (see the module docstring)."""
+        self._check_open()
+        return await self._committed_entry(boutique_id, event_id)
+
+    async def _committed_entry(self, boutique_id: str, event_id: str) -> StoredEntry | None:
+        """The entry of ``event_id``'s commit, finishing that commit if it is pending.
+
+        Pending first, entry second: see "Stock commits" in the module docstring."""
+        pending = await self._stock_local.find_one(
+            {"boutique_id": boutique_id, "pending.event_id": event_id}, {"boutique_id": 1, "pending": 1}
+        )
+        if pending is not None:
+            return await self._finish(pending)
+        original = await self._entries_local.find_one(
+            {"author": _stock_author(boutique_id), "client_id": event_id}
+        )
+        return None if original is None else (await self._duplicate(original)).entry
+
+    async def _finish(self, doc: Doc) -> StoredEntry:
+        """Steps 3 and 4 of the commit pending on stock document ``doc``; any node may repeat them."""
+        boutique_id, pending = doc["boutique_id"], doc["pending"]
+        result = await self.append(
+            inventory(boutique_id),
+            author=_stock_author(boutique_id),
+            client_id=pending["event_id"],
+            payload=bytes(pending["payload"]),
+            ts=int(pending["ts"]),
+            members=(),
+        )
+        await self._stock.update_one(
+            {"_id": doc["_id"], "pending.event_id": pending["event_id"]}, {"$set": {"pending": None}}
+        )
+        return result.entry
+
+    async def commit_stock(
+        self, record: StockRecord, *, expected_version: int, event_id: str, payload: bytes, ts: int
+    ) -> StockCommit:
+        """As in :class:`storage.base.InventoryStore`, in the four steps of "Stock commits"
+        in the module docstring."""
+        if record.version != expected_version + 1:
+            raise ValueError(f"version {record.version} does not follow expected version {expected_version}")
+        self._check_open()
+        claimed = await self._claim(record, expected_version, event_id, payload, ts)
+        if isinstance(claimed, StockCommit):
+            return claimed
+        entry = await self._finish(claimed)
+        return StockCommit(outcome="committed", record=_stock(claimed), entry=entry)
+
+    async def _claim(
+        self, record: StockRecord, expected_version: int, event_id: str, payload: bytes, ts: int
+    ) -> StockCommit | Doc:
+        """Steps 1 and 2 of a commit: its outcome when it ends there (duplicate or
+        conflict), else the SKU's document as the compare-and-set left it, with this
+        commit pending."""
+        boutique_id, key = record.boutique_id, {"boutique_id": record.boutique_id, "sku": record.sku}
+        inventory(boutique_id)  # refuse an invalid boutique id before anything is written
+        original = await self._committed_entry(boutique_id, event_id)
+        if original is not None:
+            return StockCommit(outcome="duplicate", record=await self._stock_now(key), entry=original)
+        fields: Doc = {
+            "level": record.level,
+            "version": record.version,
+            "sources": [[source, version] for source, version in sorted(record.sources.items())],
+            "low": record.low,
+            "updated_ts": record.updated_ts,
+            "pending": {"event_id": event_id, "payload": payload, "ts": ts},
+        }
+        doc = await self._stock_local.find_one_and_update(
+            {**key, "version": expected_version, "pending": None},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            return doc
+        if expected_version != 0:
+            return await self._lost(key, event_id, own_id=None)
+        doc = {"_id": ObjectId(), **key, **fields, "threshold": None, "clear": None}
+        try:
+            await self._stock.insert_one(doc)
+        except DuplicateKeyError:
+            return await self._lost(key, event_id, own_id=doc["_id"])
+        return doc
+
+    async def _lost(self, key: Doc, event_id: str, *, own_id: ObjectId | None) -> StockCommit:
+        """Step 2 matched nothing: finish the commit pending on the SKU, if any, and say why.
+
+        ``own_id`` is the ``_id`` of the document this commit tried to insert: finding it
+        stored means a driver retry of that insert lost the reply, and the commit is ours.
+        """
+        current = await self._stock_local.find_one(key)
+        if current is None:
+            return StockCommit(outcome="conflict", record=None, entry=None)
+        if own_id is not None and current["_id"] == own_id:
+            entry = await self._committed_entry(key["boutique_id"], event_id)
+            return StockCommit(outcome="committed", record=_stock(current), entry=entry)
+        if current.get("pending") is not None:
+            entry = await self._finish(current)
+            if current["pending"]["event_id"] == event_id:  # the same event, committed by another node
+                return StockCommit(outcome="duplicate", record=_stock(current), entry=entry)
+        return StockCommit(outcome="conflict", record=_stock(current), entry=None)
+
+    async def _stock_now(self, key: Doc) -> StockRecord | None:
+        doc = await self._stock_local.find_one(key, _STOCK_FIELDS)
+        return None if doc is None else _stock(doc)
+
+    async def set_threshold(
+        self, boutique_id: str, sku: str, low: int | None, clear: int | None
+    ) -> StockRecord:
+        self._check_open()
+        key = {"boutique_id": boutique_id, "sku": sku}
+        update: Doc = {"$set": {"threshold": low, "clear": clear}}
+        created = {"level": 0, "version": 0, "sources": [], "low": False, "updated_ts": 0, "pending": None}
+        try:
+            await self._stock.update_one(key, {**update, "$setOnInsert": created}, upsert=True)
+        except DuplicateKeyError:  # a concurrent first write created it: now it is an update
+            await self._stock.update_one(key, update)
+        stored = await self._stock_now(key)
+        assert stored is not None
+        return stored
+
+    # ------------------------------------------------------------------ wishlists
+
+    async def add_wish(self, user: str, boutique_id: str, sku: str, ts: int) -> None:
+        self._check_open()
+        with contextlib.suppress(DuplicateKeyError):  # a concurrent add created it: that one stays
+            await self._wishes.update_one(
+                {"boutique_id": boutique_id, "sku": sku, "user": user},
+                {"$setOnInsert": {"added_ts": ts}},
+                upsert=True,
+            )
+
+    async def remove_wish(self, user: str, boutique_id: str, sku: str) -> None:
+        self._check_open()
+        await self._wishes.delete_one({"boutique_id": boutique_id, "sku": sku, "user": user})
+
+    async def wishes_of(self, user: str, limit: int) -> list[WishRecord]:
+        """As in :class:`storage.base.WishlistStore`; wishes added at the same ts come by
+        boutique, then sku."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        cursor = self._wishes.find(
+            {"user": user},
+            {"boutique_id": 1, "sku": 1, "added_ts": 1},
+            sort=[("added_ts", DESCENDING), ("boutique_id", ASCENDING), ("sku", ASCENDING)],
+            limit=limit,
+        )
+        return [
+            WishRecord(boutique_id=doc["boutique_id"], sku=doc["sku"], added_ts=int(doc["added_ts"]))
+            async for doc in cursor
+        ]
+
+    async def wishers(self, boutique_id: str, sku: str, *, after: str | None, limit: int) -> list[str]:
+        self._check_open()
+        if limit <= 0:
+            return []
+        query: Doc = {"boutique_id": boutique_id, "sku": sku}
+        if after is not None:
+            query["user"] = {"$gt": after}
+        cursor = self._wishes.find(query, {"user": 1}, sort=[("user", ASCENDING)], limit=limit)
+        return [doc["user"] async for doc in cursor]
+
+    # ------------------------------------------------------------------ tracks and places
+
+    async def add_track_point(self, order_id: str, point: TrackPointRecord) -> None:
+        self._check_open()
+        with contextlib.suppress(DuplicateKeyError):  # a point at this ts is stored: it stays
+            await self._track_points.insert_one(
+                {"order_id": order_id, "ts": point.ts, "lat": point.lat, "lon": point.lon}
+            )
+
+    async def track_points(self, order_id: str, limit: int) -> list[TrackPointRecord]:
+        self._check_open()
+        if limit <= 0:
+            return []
+        cursor = self._track_points.find(
+            {"order_id": order_id}, {"ts": 1, "lat": 1, "lon": 1}, sort=[("ts", ASCENDING)], limit=limit
+        )
+        return [
+            TrackPointRecord(ts=int(doc["ts"]), lat=float(doc["lat"]), lon=float(doc["lon"]))
+            async for doc in cursor
+        ]
+
+    async def set_boutique_location(self, boutique_id: str, location: LatLon) -> None:
+        self._check_open()
+        await self._upsert(self._places, boutique_id, {"lat": location[0], "lon": location[1]})
+
+    async def boutique_location(self, boutique_id: str) -> LatLon | None:
+        self._check_open()
+        doc = await self._places.find_one({"_id": boutique_id})
+        return None if doc is None else (float(doc["lat"]), float(doc["lon"]))
 
     # ------------------------------------------------------------------ event ledger
 

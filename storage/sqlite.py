@@ -5,6 +5,11 @@ transaction, so seq assignment is atomic and the event loop never blocks on disk
 Reads run on a second thread with their own connection (WAL lets them proceed
 while a write is in flight). ``synchronous=FULL`` makes every committed write
 survive power loss, which is what "ack after the durable write" requires.
+``commit_stock`` is one such transaction: the event id check, the version check, the
+SKU's new state and its inventory stream entry commit together or not at all.
+
+A database file written by an earlier version opens as it is: tables it lacks are
+created, and columns added since (:data:`_ADDED_COLUMNS`) are added on open.
 
 Guarantees: see :mod:`storage.base`. SQLite is single-node: several hub processes
 must not share one file; use MongoDB for that.
@@ -13,15 +18,28 @@ must not share one file; use MongoDB for that.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ulid import ULID
 
-from storage.base import AppendResult, OrderRecord, StoredEntry, StreamHead
+from protocol.ids import inventory
+from storage.base import (
+    AppendResult,
+    LatLon,
+    OrderRecord,
+    StockCommit,
+    StockRecord,
+    StoredEntry,
+    StreamHead,
+    TrackPointRecord,
+    WishRecord,
+)
 
 T = TypeVar("T")
 
@@ -75,7 +93,11 @@ CREATE TABLE IF NOT EXISTS orders (
     boutique_id TEXT NOT NULL,
     status      TEXT NOT NULL,
     driver_id   TEXT,
-    updated_ts  INTEGER NOT NULL
+    updated_ts  INTEGER NOT NULL,
+    pickup_lat  REAL,
+    pickup_lon  REAL,
+    dropoff_lat REAL,
+    dropoff_lon REAL
 );
 CREATE INDEX IF NOT EXISTS orders_shopper ON orders (shopper_id, updated_ts);
 CREATE INDEX IF NOT EXISTS orders_boutique ON orders (boutique_id, updated_ts);
@@ -84,7 +106,56 @@ CREATE TABLE IF NOT EXISTS events_seen (
     event_id TEXT PRIMARY KEY,
     ts       INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stock (
+    boutique_id TEXT NOT NULL,
+    sku         TEXT NOT NULL,
+    level       INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    sources     TEXT NOT NULL,
+    low         INTEGER NOT NULL,
+    threshold   INTEGER,
+    clear       INTEGER,
+    updated_ts  INTEGER NOT NULL,
+    PRIMARY KEY (boutique_id, sku)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wishes (
+    boutique_id TEXT NOT NULL,
+    sku         TEXT NOT NULL,
+    user        TEXT NOT NULL,
+    added_ts    INTEGER NOT NULL,
+    PRIMARY KEY (boutique_id, sku, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wishes_user ON wishes (user, added_ts);
+CREATE TABLE IF NOT EXISTS track_points (
+    order_id TEXT NOT NULL,
+    ts       INTEGER NOT NULL,
+    lat      REAL NOT NULL,
+    lon      REAL NOT NULL,
+    PRIMARY KEY (order_id, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS places (
+    boutique_id TEXT PRIMARY KEY,
+    lat         REAL NOT NULL,
+    lon         REAL NOT NULL
+);
 """
+
+_ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "orders": [
+        ("pickup_lat", "REAL"),
+        ("pickup_lon", "REAL"),
+        ("dropoff_lat", "REAL"),
+        ("dropoff_lon", "REAL"),
+    ],
+}
+"""Columns added to a table after its first release: a database created by an older
+version lacks them until :func:`_migrate` adds them (as NULL) on open."""
+
+_ORDER_COLUMNS = (
+    "order_id, shopper_id, boutique_id, status, driver_id, updated_ts, "
+    "pickup_lat, pickup_lon, dropoff_lat, dropoff_lon"
+)
+_STOCK_COLUMNS = "boutique_id, sku, level, version, sources, low, threshold, clear, updated_ts"
 
 _ORDER_FIELDS = frozenset({"shopper_id", "boutique_id", "driver_id"})
 
@@ -95,6 +166,28 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns of :data:`_ADDED_COLUMNS` that the database lacks. Idempotent."""
+    with _immediate(conn):
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def _entry(stream: str, epoch: str, row: tuple[int, int, str, str, bytes]) -> StoredEntry:
@@ -128,6 +221,7 @@ class SqliteStore:
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _connect(self._path)
             self._writer.executescript(_SCHEMA)
+            _migrate(self._writer)
 
         await self._run_write(init_writer)
         if self._path == ":memory:":
@@ -169,54 +263,14 @@ class SqliteStore:
     ) -> AppendResult:
         def run() -> AppendResult:
             conn = self._w
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                existing = conn.execute(
-                    "SELECT e.stream, e.seq, e.ts, e.author, e.client_id, e.payload, s.epoch "
-                    "FROM entries e JOIN streams s ON s.stream = e.stream "
-                    "WHERE e.author = ? AND e.client_id = ?",
-                    (author, client_id),
-                ).fetchone()
+            with _immediate(conn):
+                existing = _find_entry(conn, author, client_id)
                 if existing is not None:
-                    conn.execute("COMMIT")
-                    return AppendResult(entry=_entry(existing[0], existing[6], existing[1:6]), duplicate=True)
-                row = conn.execute("SELECT epoch, head FROM streams WHERE stream = ?", (stream,)).fetchone()
-                if row is None:
-                    epoch, seq = str(ULID()), 1
-                    conn.execute(
-                        "INSERT INTO streams (stream, epoch, head, last_ts) VALUES (?, ?, 1, ?)",
-                        (stream, epoch, ts),
-                    )
-                else:
-                    epoch, seq = row[0], row[1] + 1
-                    conn.execute(
-                        "UPDATE streams SET head = ?, last_ts = ? WHERE stream = ?", (seq, ts, stream)
-                    )
-                conn.execute(
-                    "INSERT INTO entries (stream, seq, ts, author, client_id, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (stream, seq, ts, author, client_id, payload),
+                    return AppendResult(entry=existing, duplicate=True)
+                entry = _insert_entry(
+                    conn, stream, author=author, client_id=client_id, payload=payload, ts=ts, members=members
                 )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO stream_members (member, stream) VALUES (?, ?)",
-                    [(member, stream) for member in members],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return AppendResult(
-                entry=StoredEntry(
-                    stream=stream,
-                    seq=seq,
-                    epoch=epoch,
-                    ts=ts,
-                    author=author,
-                    client_id=client_id,
-                    payload=payload,
-                ),
-                duplicate=False,
-            )
+            return AppendResult(entry=entry, duplicate=False)
 
         return await self._run_write(run)
 
@@ -308,8 +362,7 @@ class SqliteStore:
     async def ack(self, stream: str, user: str, seqs: list[int]) -> None:
         def run() -> None:
             conn = self._w
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 row = conn.execute(
                     "SELECT floor FROM ack_floors WHERE stream = ? AND user = ?", (stream, user)
                 ).fetchone()
@@ -331,10 +384,6 @@ class SqliteStore:
                     "ON CONFLICT (stream, user) DO UPDATE SET floor = excluded.floor",
                     (stream, user, floor),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
         await self._run_write(run)
 
@@ -400,10 +449,13 @@ class SqliteStore:
     async def upsert_order(self, order: OrderRecord) -> OrderRecord:
         def run() -> OrderRecord:
             self._w.execute(
-                "INSERT INTO orders (order_id, shopper_id, boutique_id, status, driver_id, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET "
+                "INSERT INTO orders (order_id, shopper_id, boutique_id, status, driver_id, updated_ts, "
+                "pickup_lat, pickup_lon, dropoff_lat, dropoff_lon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (order_id) DO UPDATE SET "
                 "shopper_id = excluded.shopper_id, boutique_id = excluded.boutique_id, "
-                "status = excluded.status, driver_id = excluded.driver_id, updated_ts = excluded.updated_ts",
+                "status = excluded.status, driver_id = excluded.driver_id, updated_ts = excluded.updated_ts, "
+                "pickup_lat = excluded.pickup_lat, pickup_lon = excluded.pickup_lon, "
+                "dropoff_lat = excluded.dropoff_lat, dropoff_lon = excluded.dropoff_lon",
                 (
                     order.order_id,
                     order.shopper_id,
@@ -411,6 +463,8 @@ class SqliteStore:
                     order.status,
                     order.driver_id,
                     order.updated_ts,
+                    *_point_columns(order.pickup),
+                    *_point_columns(order.dropoff),
                 ),
             )
             return order
@@ -420,8 +474,7 @@ class SqliteStore:
     async def get_order(self, order_id: str) -> OrderRecord | None:
         def run() -> OrderRecord | None:
             row = self._r.execute(
-                "SELECT order_id, shopper_id, boutique_id, status, driver_id, updated_ts "
-                "FROM orders WHERE order_id = ?",
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE order_id = ?",  # noqa: S608 - constant columns
                 (order_id,),
             ).fetchone()
             return None if row is None else _order(row)
@@ -434,11 +487,184 @@ class SqliteStore:
 
         def run() -> list[OrderRecord]:
             rows = self._r.execute(
-                "SELECT order_id, shopper_id, boutique_id, status, driver_id, updated_ts FROM orders "  # noqa: S608 - field is allow-listed
+                f"SELECT {_ORDER_COLUMNS} FROM orders "  # noqa: S608 - field is allow-listed
                 f"WHERE {field} = ? ORDER BY updated_ts DESC LIMIT ?",
                 (value, limit),
             ).fetchall()
             return [_order(r) for r in rows]
+
+        return await self._run_read(run)
+
+    # ------------------------------------------------------------------ inventory
+
+    async def stock(self, boutique_id: str, sku: str) -> StockRecord | None:
+        return await self._run_read(lambda: _stock_row(self._r, boutique_id, sku))
+
+    async def stock_page(
+        self, boutique_id: str, *, skus: list[str] | None, after: str | None, limit: int
+    ) -> list[StockRecord]:
+        sql = f"SELECT {_STOCK_COLUMNS} FROM stock WHERE boutique_id = ?"  # noqa: S608 - constant columns
+        args: list[object] = [boutique_id]
+        if skus is not None:
+            sql += " AND sku IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(skus))
+        if after is not None:
+            sql += " AND sku > ?"
+            args.append(after)
+        sql += " ORDER BY sku LIMIT ?"
+        args.append(limit)
+
+        def run() -> list[StockRecord]:
+            return [_stock(r) for r in self._r.execute(sql, args).fetchall()]
+
+        return await self._run_read(run)
+
+    async def stock_entry(self, boutique_id: str, event_id: str) -> StoredEntry | None:
+        return await self._run_read(lambda: _find_entry(self._r, _stock_author(boutique_id), event_id))
+
+    async def commit_stock(
+        self, record: StockRecord, *, expected_version: int, event_id: str, payload: bytes, ts: int
+    ) -> StockCommit:
+        """As in :class:`storage.base.InventoryStore`: one ``BEGIN IMMEDIATE`` transaction
+        checks the event id, then the version, then writes the state and the entry."""
+        if record.version != expected_version + 1:
+            raise ValueError(f"version {record.version} does not follow expected version {expected_version}")
+        b, sku = record.boutique_id, record.sku
+        stream, author = inventory(b), _stock_author(b)
+
+        def run() -> StockCommit:
+            conn = self._w
+            with _immediate(conn):
+                original = _find_entry(conn, author, event_id)
+                current = _stock_row(conn, b, sku)
+                if original is not None:
+                    return StockCommit(outcome="duplicate", record=current, entry=original)
+                if (0 if current is None else current.version) != expected_version:
+                    return StockCommit(outcome="conflict", record=current, entry=None)
+                conn.execute(
+                    "INSERT INTO stock (boutique_id, sku, level, version, sources, low, updated_ts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (boutique_id, sku) DO UPDATE SET level = excluded.level, "
+                    "version = excluded.version, sources = excluded.sources, low = excluded.low, "
+                    "updated_ts = excluded.updated_ts",
+                    (
+                        b,
+                        sku,
+                        record.level,
+                        record.version,
+                        json.dumps(record.sources),
+                        record.low,
+                        record.updated_ts,
+                    ),
+                )
+                entry = _insert_entry(
+                    conn, stream, author=author, client_id=event_id, payload=payload, ts=ts, members=()
+                )
+                stored = _stock_row(conn, b, sku)
+            return StockCommit(outcome="committed", record=stored, entry=entry)
+
+        return await self._run_write(run)
+
+    async def set_threshold(
+        self, boutique_id: str, sku: str, low: int | None, clear: int | None
+    ) -> StockRecord:
+        def run() -> StockRecord:
+            conn = self._w
+            with _immediate(conn):
+                conn.execute(
+                    f"INSERT INTO stock ({_STOCK_COLUMNS}) "  # noqa: S608 - constant columns
+                    "VALUES (?, ?, 0, 0, '{}', 0, ?, ?, 0) "
+                    "ON CONFLICT (boutique_id, sku) DO UPDATE SET "
+                    "threshold = excluded.threshold, clear = excluded.clear",
+                    (boutique_id, sku, low, clear),
+                )
+                stored = _stock_row(conn, boutique_id, sku)
+            assert stored is not None
+            return stored
+
+        return await self._run_write(run)
+
+    # ------------------------------------------------------------------ wishlists
+
+    async def add_wish(self, user: str, boutique_id: str, sku: str, ts: int) -> None:
+        def run() -> None:
+            self._w.execute(
+                "INSERT OR IGNORE INTO wishes (boutique_id, sku, user, added_ts) VALUES (?, ?, ?, ?)",
+                (boutique_id, sku, user, ts),
+            )
+
+        await self._run_write(run)
+
+    async def remove_wish(self, user: str, boutique_id: str, sku: str) -> None:
+        def run() -> None:
+            self._w.execute(
+                "DELETE FROM wishes WHERE boutique_id = ? AND sku = ? AND user = ?", (boutique_id, sku, user)
+            )
+
+        await self._run_write(run)
+
+    async def wishes_of(self, user: str, limit: int) -> list[WishRecord]:
+        """As in :class:`storage.base.WishlistStore`; wishes added at the same ts come by
+        boutique, then sku."""
+
+        def run() -> list[WishRecord]:
+            rows = self._r.execute(
+                "SELECT boutique_id, sku, added_ts FROM wishes WHERE user = ? "
+                "ORDER BY added_ts DESC, boutique_id, sku LIMIT ?",
+                (user, limit),
+            ).fetchall()
+            return [WishRecord(boutique_id=r[0], sku=r[1], added_ts=r[2]) for r in rows]
+
+        return await self._run_read(run)
+
+    async def wishers(self, boutique_id: str, sku: str, *, after: str | None, limit: int) -> list[str]:
+        def run() -> list[str]:
+            rows = self._r.execute(
+                "SELECT user FROM wishes WHERE boutique_id = ? AND sku = ? AND user > ? "
+                "ORDER BY user LIMIT ?",
+                (boutique_id, sku, after if after is not None else "", limit),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        return await self._run_read(run)
+
+    # ------------------------------------------------------------------ tracks and places
+
+    async def add_track_point(self, order_id: str, point: TrackPointRecord) -> None:
+        def run() -> None:
+            self._w.execute(
+                "INSERT OR IGNORE INTO track_points (order_id, ts, lat, lon) VALUES (?, ?, ?, ?)",
+                (order_id, point.ts, point.lat, point.lon),
+            )
+
+        await self._run_write(run)
+
+    async def track_points(self, order_id: str, limit: int) -> list[TrackPointRecord]:
+        def run() -> list[TrackPointRecord]:
+            rows = self._r.execute(
+                "SELECT ts, lat, lon FROM track_points WHERE order_id = ? ORDER BY ts LIMIT ?",
+                (order_id, limit),
+            ).fetchall()
+            return [TrackPointRecord(ts=r[0], lat=r[1], lon=r[2]) for r in rows]
+
+        return await self._run_read(run)
+
+    async def set_boutique_location(self, boutique_id: str, location: LatLon) -> None:
+        def run() -> None:
+            self._w.execute(
+                "INSERT INTO places (boutique_id, lat, lon) VALUES (?, ?, ?) "
+                "ON CONFLICT (boutique_id) DO UPDATE SET lat = excluded.lat, lon = excluded.lon",
+                (boutique_id, location[0], location[1]),
+            )
+
+        await self._run_write(run)
+
+    async def boutique_location(self, boutique_id: str) -> LatLon | None:
+        def run() -> LatLon | None:
+            row = self._r.execute(
+                "SELECT lat, lon FROM places WHERE boutique_id = ?", (boutique_id,)
+            ).fetchone()
+            return None if row is None else (float(row[0]), float(row[1]))
 
         return await self._run_read(run)
 
@@ -488,7 +714,91 @@ class SqliteStore:
         self._reader_pool.shutdown(wait=False)
 
 
-def _order(row: tuple[str, str, str, str, str | None, int]) -> OrderRecord:
+def _find_entry(conn: sqlite3.Connection, author: str, client_id: str) -> StoredEntry | None:
+    """The entry stored under ``(author, client_id)``, if any."""
+    row = conn.execute(
+        "SELECT e.stream, e.seq, e.ts, e.author, e.client_id, e.payload, s.epoch "
+        "FROM entries e JOIN streams s ON s.stream = e.stream "
+        "WHERE e.author = ? AND e.client_id = ?",
+        (author, client_id),
+    ).fetchone()
+    return None if row is None else _entry(row[0], row[6], row[1:6])
+
+
+def _insert_entry(
+    conn: sqlite3.Connection,
+    stream: str,
+    *,
+    author: str,
+    client_id: str,
+    payload: bytes,
+    ts: int,
+    members: tuple[str, ...],
+) -> StoredEntry:
+    """Append a new entry at ``head + 1`` (creating the stream and its epoch on its first entry).
+
+    Runs inside the caller's open write transaction, which must have checked that
+    ``(author, client_id)`` is not stored yet.
+    """
+    row = conn.execute("SELECT epoch, head FROM streams WHERE stream = ?", (stream,)).fetchone()
+    if row is None:
+        epoch, seq = str(ULID()), 1
+        conn.execute(
+            "INSERT INTO streams (stream, epoch, head, last_ts) VALUES (?, ?, 1, ?)",
+            (stream, epoch, ts),
+        )
+    else:
+        epoch, seq = row[0], row[1] + 1
+        conn.execute("UPDATE streams SET head = ?, last_ts = ? WHERE stream = ?", (seq, ts, stream))
+    conn.execute(
+        "INSERT INTO entries (stream, seq, ts, author, client_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
+        (stream, seq, ts, author, client_id, payload),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO stream_members (member, stream) VALUES (?, ?)",
+        [(member, stream) for member in members],
+    )
+    return StoredEntry(
+        stream=stream, seq=seq, epoch=epoch, ts=ts, author=author, client_id=client_id, payload=payload
+    )
+
+
+def _stock_author(boutique_id: str) -> str:
+    """The author of the boutique's inventory stream entries; their client id is the event id."""
+    return f"stock:{boutique_id}"
+
+
+def _stock_row(conn: sqlite3.Connection, boutique_id: str, sku: str) -> StockRecord | None:
+    row = conn.execute(
+        f"SELECT {_STOCK_COLUMNS} FROM stock WHERE boutique_id = ? AND sku = ?",  # noqa: S608 - constant columns
+        (boutique_id, sku),
+    ).fetchone()
+    return None if row is None else _stock(row)
+
+
+def _stock(row: tuple[Any, ...]) -> StockRecord:
+    return StockRecord(
+        boutique_id=row[0],
+        sku=row[1],
+        level=row[2],
+        version=row[3],
+        sources={str(k): int(v) for k, v in json.loads(row[4]).items()},
+        low=bool(row[5]),
+        threshold=row[6],
+        clear=row[7],
+        updated_ts=row[8],
+    )
+
+
+def _point_columns(point: LatLon | None) -> tuple[float | None, float | None]:
+    return (None, None) if point is None else (point[0], point[1])
+
+
+def _point(lat: float | None, lon: float | None) -> LatLon | None:
+    return None if lat is None or lon is None else (float(lat), float(lon))
+
+
+def _order(row: tuple[Any, ...]) -> OrderRecord:
     return OrderRecord(
         order_id=row[0],
         shopper_id=row[1],
@@ -496,4 +806,6 @@ def _order(row: tuple[str, str, str, str, str | None, int]) -> OrderRecord:
         status=row[3],
         driver_id=row[4],
         updated_ts=row[5],
+        pickup=_point(row[6], row[7]),
+        dropoff=_point(row[8], row[9]),
     )

@@ -20,7 +20,9 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from storage import Store, open_store
-from storage.base import StoredEntry
+from storage.base import StockCommit, StoredEntry
+from storage.mongo import MongoStore
+from tests.storage.test_store_contract import bump, stock_record
 from tests.support.mongo import SecantusServer
 
 TS0 = 1_700_000_000_000
@@ -189,6 +191,96 @@ async def test_an_append_interrupted_after_its_insert_leaves_no_gap(
     finally:
         await healthy.close()
         await doomed.close()
+
+
+# ---------------------------------------------------------------------------------------- stock commits
+
+
+@pytest.mark.asyncio
+async def test_three_nodes_committing_to_one_sku_apply_each_change_once(nodes: list[Store]) -> None:
+    commits = await asyncio.gather(
+        *(bump(nodes[i % NODES], "b1", "s1", f"e{i:02d}", ts=TS0 + i) for i in range(20))
+    )
+    assert [c.outcome for c in commits] == ["committed"] * 20
+    for node in nodes:
+        now = await node.stock("b1", "s1")
+        assert now is not None and (now.level, now.version) == (20, 20)
+        stored = await node.read_after("inv:b1", 0, 100)
+        assert [e.seq for e in stored] == list(range(1, 21))
+        assert sorted(e.client_id for e in stored) == [f"e{i:02d}" for i in range(20)]
+        assert [e.payload.split(b">")[1] for e in stored] == [str(i).encode() for i in range(1, 21)]
+        assert {c.entry for c in commits} == set(stored)
+
+
+@pytest.mark.asyncio
+async def test_one_event_raced_from_three_nodes_commits_once(nodes: list[Store]) -> None:
+    commits = await asyncio.gather(*(bump(node, "b1", "s1", "e1") for node in nodes for _ in range(4)))
+    assert sorted(c.outcome for c in commits) == ["committed"] + ["duplicate"] * 11
+    assert len({c.entry for c in commits}) == 1
+    now = await nodes[0].stock("b1", "s1")
+    assert now is not None and (now.level, now.version) == (1, 1)
+    assert [e.client_id for e in await nodes[1].read_after("inv:b1", 0, 10)] == ["e1"]
+
+
+async def _pending(admin: AsyncMongoClient[dict[str, Any]]) -> object:
+    doc = (
+        await admin.get_default_database()
+        .get_collection("stock")
+        .find_one({"boutique_id": "b1", "sku": "s1"})
+    )
+    assert doc is not None
+    return doc["pending"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("finisher", ["retry", "lookup", "next commit"])
+async def test_a_commit_interrupted_after_its_compare_and_set_is_finished(
+    nodes: list[Store], admin: AsyncMongoClient[dict[str, Any]], finisher: str
+) -> None:
+    """A node wins the compare-and-set for e1 and dies before appending the entry. The
+    SKU shows the new state, the stream does not have the change yet, and whichever comes
+    first, the retry of e1, a lookup of e1, or the next commit to the SKU, finishes it."""
+    doomed, healthy = nodes[0], nodes[1]
+    assert isinstance(doomed, MongoStore)
+    await bump(healthy, "b1", "s1", "e0", ts=TS0)
+    record = stock_record(level=2, version=2, ts=TS0 + 1)
+    claimed = await doomed._claim(record, 1, "e1", b"e1>2", TS0 + 1)
+    assert not isinstance(claimed, StockCommit)
+    assert await healthy.stock("b1", "s1") == record
+    assert [e.client_id for e in await healthy.read_after("inv:b1", 0, 10)] == ["e0"]
+    assert await _pending(admin) is not None
+
+    if finisher == "retry":
+        again = await healthy.commit_stock(
+            record, expected_version=1, event_id="e1", payload=b"again", ts=TS0 + 9
+        )
+        assert (again.outcome, again.record) == ("duplicate", record)
+        entry = again.entry
+    elif finisher == "lookup":
+        entry = await healthy.stock_entry("b1", "e1")
+    else:
+        nxt = await bump(healthy, "b1", "s1", "e2", ts=TS0 + 2)
+        assert nxt.outcome == "committed" and nxt.record is not None
+        assert (nxt.record.level, nxt.record.version) == (3, 3)
+        entry = await healthy.stock_entry("b1", "e1")
+    assert entry is not None
+    assert (entry.stream, entry.seq, entry.client_id, entry.payload, entry.ts) == (
+        "inv:b1",
+        2,
+        "e1",
+        b"e1>2",
+        TS0 + 1,
+    )
+    assert await _pending(admin) is None
+    stored = await nodes[2].read_after("inv:b1", 0, 10)
+    expected = ["e0", "e1", "e2"] if finisher == "next commit" else ["e0", "e1"]
+    assert [e.client_id for e in stored] == expected
+    assert stored[1] == entry
+    head = await nodes[2].head("inv:b1")
+    assert head is not None and head.head == len(stored)
+    # the event stays committed once: a later retry is a plain duplicate
+    late = await bump(doomed, "b1", "s1", "e1")
+    assert (late.outcome, late.entry) == ("duplicate", entry)
 
 
 # ---------------------------------------------------------------------------------------- open_store
