@@ -11,7 +11,7 @@ from typing import Any
 
 from ulid import ULID
 
-from protocol.records import DLQ_TOPIC, GROUP, ORDER_TOPICS
+from protocol.records import DLQ_TOPIC, GROUP, ORDER_TOPICS, STOCK_TOPICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,23 @@ class Settings:
     """``memory://`` for one node, ``redis://host:port/db`` to share fan-out, presence and rate limits."""
     presence_ttl: float = 15.0
     """With Redis: seconds after which a dead node's staff sockets stop counting a boutique online."""
+    gps_max_accuracy_m: float = 100.0
+    """Driver fixes whose accuracy radius (metres) exceeds this are dropped."""
+    gps_min_distance_m: float = 5.0
+    """Fixes closer than this (metres) to the driver's last kept fix are dropped (GPS jitter when parked)."""
+    gps_min_period_s: float = 0.8
+    """Fixes sooner than this (seconds) after the last kept fix are dropped. Below 1 s so a 1 Hz device
+    whose timestamps jitter by a few hundred ms keeps every fix; faster senders are thinned to ~1 Hz."""
+    gps_max_speed_kmh: float = 250.0
+    """Fixes implying a faster move (km/h) from the last kept fix are dropped as GPS jumps."""
+    gps_heartbeat_s: float = 30.0
+    """A fix this long (seconds) after the last kept one is kept despite the period/distance filters."""
+    gps_position_ttl_s: float = 120.0
+    """Seconds a driver's last known position (tracking, dispatch) and filter state outlive its last fix."""
+    gps_track_sample_s: float = 15.0
+    """At most one persisted track point per order per this many seconds (``track.history``)."""
+    gps_future_skew_s: float = 10.0
+    """How far (seconds) a fix's device timestamp may be ahead of the hub's clock before it is refused."""
     allow_origin: tuple[str, ...] = ()
     """Browser Origins allowed besides the hub's own. Requests without an Origin header (native apps) pass."""
     jwt_secret: str = ""
@@ -63,7 +80,9 @@ class Settings:
     kafka_group: str = GROUP
     """Consumer group shared by every hub node: each ingest partition is read by one node."""
     kafka_order_topics: tuple[str, ...] = ORDER_TOPICS
-    """Topics of JSON ``OrderEvent`` records (order, delivery, payment); empty: no consumer."""
+    """Topics of JSON ``OrderEvent`` records (order, delivery, payment)."""
+    kafka_stock_topics: tuple[str, ...] = STOCK_TOPICS
+    """Topics of JSON ``StockEvent`` records. With both topic lists empty there is no consumer."""
     kafka_dlq_topic: str = DLQ_TOPIC
     """Where records that can never be applied go, with the error in their headers."""
     kafka_not_found_grace: float = 30.0
@@ -80,9 +99,21 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Raises ValueError for settings that would divide by zero or spin."""
-        for name in ("rate_per_second", "presence_ttl", "rate_burst"):
+        for name in (
+            "rate_per_second",
+            "presence_ttl",
+            "rate_burst",
+            "gps_max_accuracy_m",
+            "gps_max_speed_kmh",
+            "gps_heartbeat_s",
+            "gps_position_ttl_s",
+            "gps_track_sample_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SOKO_{name.upper()} must be greater than 0")
+        for name in ("gps_min_distance_m", "gps_min_period_s", "gps_future_skew_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SOKO_{name.upper()} must not be negative")
 
     @property
     def store_url(self) -> str:

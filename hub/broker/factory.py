@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 from hub.broker.base import Broker
 from hub.broker.memory import MemoryBroker
 from hub.config import Settings
+from hub.domains.location import LocalPositionBook, PositionBook
 from hub.domains.presence import LocalPresenceLedger, PresenceLedger
 from hub.limits import LocalRateLimiter, RateLimiter
 from hub.metrics import HubMetrics
@@ -15,11 +16,12 @@ from hub.metrics import HubMetrics
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
-    """What one node shares with the others: fan-out, presence and rate limits."""
+    """What one node shares with the others: fan-out, presence, rate limits and drivers' positions."""
 
     broker: Broker
     presence: PresenceLedger
     rate_limiter: RateLimiter
+    positions: PositionBook
 
 
 def open_cluster(settings: Settings, metrics: HubMetrics) -> Cluster:
@@ -38,10 +40,12 @@ def open_cluster(settings: Settings, metrics: HubMetrics) -> Cluster:
             broker=MemoryBroker(),
             presence=LocalPresenceLedger(),
             rate_limiter=LocalRateLimiter(settings.rate_per_second, settings.rate_burst),
+            positions=LocalPositionBook(settings.gps_position_ttl_s),
         )
     if scheme in ("redis", "rediss", "unix"):
         try:
             from hub.broker.redis import RedisBroker
+            from hub.broker.redis_geo import RedisPositionBook
             from hub.broker.redis_state import RedisPresenceLedger, RedisRateLimiter
         except ImportError as exc:
             raise ValueError(
@@ -52,5 +56,6 @@ def open_cluster(settings: Settings, metrics: HubMetrics) -> Cluster:
             broker=broker,
             presence=RedisPresenceLedger(broker, metrics, ttl=settings.presence_ttl),
             rate_limiter=RedisRateLimiter(broker, metrics, settings.rate_per_second, settings.rate_burst),
+            positions=RedisPositionBook(broker, metrics, ttl=settings.gps_position_ttl_s),
         )
     raise ValueError(f"unsupported broker URL {url!r}: use memory:// or redis://host:port/db")

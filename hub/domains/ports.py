@@ -49,3 +49,18 @@ def order_room(order_id: str) -> str:
 def presence_room(boutique_id: str) -> str:
     """Every socket watching one boutique's presence."""
     return f"presence:{boutique_id}"
+
+
+def track_room(order_id: str) -> str:
+    """Every socket following one order's driver (``track.position``, ``track.ended``)."""
+    return f"track:{order_id}"
+
+
+def stock_room(boutique_id: str) -> str:
+    """Every socket watching a whole boutique's stock."""
+    return f"stock:{boutique_id}"
+
+
+def sku_room(boutique_id: str, sku: str) -> str:
+    """Every socket watching one product of a boutique."""
+    return f"stock:{boutique_id}:{sku}"
