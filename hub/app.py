@@ -71,7 +71,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         node = Node(settings.node_id, cluster.broker, app[METRICS])
         if kafka is not None:
             node.set_tap(kafka.tap)
-        services = build_services(store, node, cluster.presence, settings)
+        services = build_services(store, node, cluster.presence, cluster.positions, settings, app[METRICS])
         app[GATEWAY].bind(services, cluster.rate_limiter)
         app[API].bind(services)
         app[STORE] = store
@@ -79,6 +79,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[SERVICES] = services
         await node.start(app[GATEWAY])
         resources.push_async_callback(cluster.presence.close)
+        resources.push_async_callback(cluster.positions.close)
         await services.presence.start()
         await app[GATEWAY].start()
         resources.push_async_callback(app[STRIPE].close)
@@ -86,7 +87,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if kafka is not None:
             app[KAFKA] = kafka
             resources.push_async_callback(kafka.stop)
-            await kafka.start(services.orders.apply, store.ping)
+            await kafka.start(services.orders.apply, services.inventory.apply_service, store.ping)
         log.info(
             "hub node %s ready (store %s, broker %s)",
             settings.node_id,

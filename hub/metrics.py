@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from protocol.messages import StockOutcome
+
 
 class HubMetrics:
     """Every metric the hub exports. One instance per app."""
@@ -52,8 +54,15 @@ class HubMetrics:
         )
         self.shared_state_errors = Counter(
             "soko_shared_state_errors_total",
-            "Redis presence/rate-limit calls that failed and fell back to this node's view",
+            "Redis presence/rate-limit/position calls that failed and fell back to this node's view",
             ["operation"],
+            registry=r,
+        )
+        self.gps_fixes = Counter(
+            "soko_gps_fixes_total",
+            "Valid driver GPS fixes, per outcome (kept, or the filter that dropped it: accuracy, outdated, "
+            "speed, period, distance)",
+            ["outcome"],
             registry=r,
         )
         self.http_requests = Counter(
@@ -102,6 +111,18 @@ class HubMetrics:
             ["reason"],
             registry=r,
         )
+
+        self.stock_updates = Counter(
+            "soko_stock_updates_total",
+            "Stock changes received, per path (socket, http, kafka) and outcome (applied, duplicate, stale)",
+            ["path", "outcome"],
+            registry=r,
+        )
+
+    def count_stock(self, outcome: StockOutcome, path: str) -> None:
+        """Count one stock change by what became of it."""
+        kind = "applied" if outcome.applied else "duplicate" if outcome.duplicate else "stale"
+        self.stock_updates.labels(path, kind).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.auth import Principal
-from hub.domains.ports import staff_room, user_room
+from hub.domains.ports import staff_room, stock_room, user_room
 from protocol.errors import ErrorCode, SokoError
 from protocol.ids import Role, StreamKind, order_chat, parse_stream
 from storage.base import OrderRecord, OrderStore
@@ -38,6 +38,14 @@ def can_view_order(principal: Principal, order: OrderRecord) -> bool:
     if role is Role.DRIVER:
         return order.driver_id == principal.sub
     return False
+
+
+def can_view_stock(principal: Principal, boutique_id: str) -> bool:
+    """Stock levels are shown to every signed-in shopper, driver and dispatcher, like a shop
+    window; staff and devices work for one boutique and see only its stock."""
+    if principal.role in (Role.STAFF, Role.DEVICE):
+        return principal.boutique == boutique_id
+    return True
 
 
 def forbidden(what: str) -> SokoError:
@@ -115,6 +123,17 @@ class AccessPolicy:
                 shopper_id=None,
             )
         assert ref.boutique_id is not None
+        if ref.kind is StreamKind.INVENTORY:
+            # Written only by the inventory domain (commit_stock), never through a stream write.
+            if write or not can_view_stock(principal, ref.boutique_id):
+                raise forbidden(stream)
+            return StreamAccess(
+                stream=stream,
+                kind=ref.kind,
+                members=(),
+                rooms=(stock_room(ref.boutique_id),),
+                shopper_id=None,
+            )
         if role is not Role.STAFF or principal.boutique != ref.boutique_id or write:
             raise forbidden(stream)
         return StreamAccess(

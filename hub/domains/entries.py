@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import ChatFrame, DurableFrame, NotificationFrame
+from protocol.messages import ChatFrame, DurableFrame, NotificationFrame, StockFrame
 from storage.base import StoredEntry
 
 _encoder = msgspec.json.Encoder()
@@ -27,11 +27,25 @@ class NotificationPayload(msgspec.Struct, frozen=True):
     data: dict[str, Any] = {}
 
 
+class StockPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """One applied stock change. ``alerts`` are the effects it triggered (``low_stock``,
+    ``back_in_stock``), kept so a retry can redo them idempotently."""
+
+    boutique_id: str
+    sku: str
+    level: int
+    version: int
+    delta: int
+    source: str
+    alerts: list[str] = []
+
+
 _chat_decoder = msgspec.json.Decoder(ChatPayload)
 _notification_decoder = msgspec.json.Decoder(NotificationPayload)
+_stock_decoder = msgspec.json.Decoder(StockPayload)
 
 
-def encode_payload(payload: ChatPayload | NotificationPayload) -> bytes:
+def encode_payload(payload: ChatPayload | NotificationPayload | StockPayload) -> bytes:
     """JSON bytes for :meth:`storage.base.StreamStore.append`."""
     return _encoder.encode(payload)
 
@@ -69,8 +83,32 @@ def notification_frame(entry: StoredEntry, *, alert: bool = True, badge: int = 0
     )
 
 
+def stock_payload(entry: StoredEntry) -> StockPayload:
+    """The change a stored inventory entry records."""
+    return _stock_decoder.decode(entry.payload)
+
+
+def stock_frame(entry: StoredEntry) -> StockFrame:
+    """The wire frame of a stored stock change."""
+    p = stock_payload(entry)
+    return StockFrame(
+        stream=entry.stream,
+        seq=entry.seq,
+        epoch=entry.epoch,
+        ts=entry.ts,
+        boutique_id=p.boutique_id,
+        sku=p.sku,
+        level=p.level,
+        version=p.version,
+        event_id=entry.client_id,
+        delta=p.delta,
+    )
+
+
 def frame_of(entry: StoredEntry) -> DurableFrame:
     """The wire frame of any stored entry, chosen by its stream family."""
     if entry.stream.startswith("chat:"):
         return chat_frame(entry)
+    if entry.stream.startswith("inv:"):
+        return stock_frame(entry)
     return notification_frame(entry)

@@ -13,6 +13,7 @@ a stale status is ignored and reported as such.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import msgspec
 
@@ -36,7 +37,22 @@ from protocol.messages import (
     OrderView,
     PaymentCompleted,
 )
-from storage.base import EventLedger, OrderRecord, OrderStore
+from storage.base import EventLedger, OrderRecord, OrderStore, PlaceStore
+
+ENDED = frozenset({"delivered", "cancelled"})
+
+
+class OrderObserver(Protocol):
+    """Told about order changes as they are applied (the location domain, for tracking)."""
+
+    async def order_changed(self, order: OrderRecord) -> None:
+        """After every stored change of ``order`` (created, status, driver)."""
+        ...
+
+    async def order_ended(self, order: OrderRecord) -> None:
+        """Once ``order`` reached ``delivered`` or ``cancelled``; again if its event is retried."""
+        ...
+
 
 STATUS_RANK = {
     "created": 0,
@@ -82,8 +98,12 @@ class OrderService:
         notifications: NotificationService,
         payments: PaymentService,
         fanout: Fanout,
+        places: PlaceStore,
+        observer: OrderObserver,
     ) -> None:
         self._orders = orders
+        self._places = places
+        self._observer = observer
         self._ledger = ledger
         self._notifications = notifications
         self._payments = payments
@@ -110,16 +130,25 @@ class OrderService:
 
     async def _created(self, event: OrderCreated) -> None:
         existing = await self._orders.get_order(event.order_id)
-        order = existing or await self._orders.upsert_order(
-            OrderRecord(
-                order_id=event.order_id,
-                shopper_id=event.shopper_id,
-                boutique_id=event.boutique_id,
-                status="created",
-                driver_id=None,
-                updated_ts=now_ms(),
+        if existing is None:
+            pickup = (
+                (event.pickup.lat, event.pickup.lon)
+                if event.pickup is not None
+                else await self._places.boutique_location(event.boutique_id)
             )
-        )
+            existing = await self._orders.upsert_order(
+                OrderRecord(
+                    order_id=event.order_id,
+                    shopper_id=event.shopper_id,
+                    boutique_id=event.boutique_id,
+                    status="created",
+                    driver_id=None,
+                    updated_ts=now_ms(),
+                    pickup=pickup,
+                    dropoff=(event.dropoff.lat, event.dropoff.lon) if event.dropoff is not None else None,
+                )
+            )
+        order = existing
         data = {"order_id": order.order_id, "status": order.status}
         await self._notifications.notify_user(
             order.shopper_id,
@@ -148,6 +177,8 @@ class OrderService:
     async def _status(self, event: OrderStatusUpdated) -> None:
         order = await self._require(event.order_id)
         if order.status == "cancelled" or STATUS_RANK[event.status] <= STATUS_RANK.get(order.status, -1):
+            if order.status == event.status in ENDED:
+                await self._observer.order_ended(order)  # a retry after a crash may have missed it
             return  # stale or repeated: the order already moved past this status
         order = await self._orders.upsert_order(
             msgspec.structs.replace(order, status=event.status, updated_ts=now_ms())
@@ -173,6 +204,8 @@ class OrderService:
                 notification_id=f"{event.event_id}.b",
             )
         await self._publish(order)
+        if event.status in ENDED:
+            await self._observer.order_ended(order)
 
     async def _assigned(self, event: DeliveryAssigned) -> None:
         order = await self._require(event.order_id)
@@ -207,6 +240,7 @@ class OrderService:
         await self._payments.completed(order, event.event_id, event.amount_cents, event.currency)
 
     async def _publish(self, order: OrderRecord) -> None:
+        await self._observer.order_changed(order)
         frame = OrderUpdatedFrame(order=view(order))
         await self._fanout.publish([order_room(order.order_id)], events.ORDER_UPDATED, to_wire(frame))
 

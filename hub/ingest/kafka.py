@@ -6,10 +6,13 @@ then. Record schemas: :mod:`protocol.records` and the Kafka channels of
 
 Ingest
 ------
-The hub nodes form one consumer group (``kafka_group``) over ``kafka_order_topics``.
-Each record's value is one JSON :data:`~protocol.messages.OrderEvent`, applied with
-the same ``OrderService.apply`` as ``POST /api/v1/events``. There is no stock topic:
-stock events have no domain to apply them to yet.
+The hub nodes form one consumer group (``kafka_group``) over ``kafka_order_topics`` and
+``kafka_stock_topics``. A record of an order topic is one JSON
+:data:`~protocol.messages.OrderEvent`, applied with the same ``OrderService.apply`` as
+``POST /api/v1/events``; a record of a stock topic is one JSON
+:data:`~protocol.messages.StockEvent`, applied with the same
+``InventoryService.apply_service`` as ``POST /api/v1/stock`` (a stale one is settled
+and counted, not dead-lettered: ignoring it is the correct effect).
 
 Delivery is at-least-once. A record's offset is committed only once it is *settled*:
 applied, found to be a duplicate, or copied to the dead-letter topic. Commits happen
@@ -77,12 +80,14 @@ from hub.metrics import HubMetrics
 from protocol import records
 from protocol.codec import decode_json, encode_json
 from protocol.errors import ErrorCode, SokoError
-from protocol.messages import EventAccepted, OrderEvent
+from protocol.messages import EventAccepted, OrderEvent, StockEvent, StockOutcome
 
 log = logging.getLogger(__name__)
 
 Apply = Callable[[OrderEvent], Awaitable[EventAccepted]]
 """The domain entry point for one order event (``OrderService.apply``)."""
+ApplyStock = Callable[[StockEvent], Awaitable[StockOutcome]]
+"""The domain entry point for one stock change (``InventoryService.apply_service``)."""
 Ping = Callable[[], Awaitable[None]]
 """Raises when the store does not answer (``Store.ping``)."""
 
@@ -123,6 +128,13 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: a delay in ``[d/2, d]``, ``d = min(cap, base * 2**attempt)``."""
     delay = min(cap, base * 2.0 ** min(attempt, 30))
     return delay / 2 + random.random() * delay / 2  # noqa: S311  (jitter, not secrecy)
+
+
+@dataclass(frozen=True, slots=True)
+class StockEventRecord:
+    """A decoded record of a stock topic (wrapped, so it is told apart from order events)."""
+
+    change: StockEvent
 
 
 @dataclass(slots=True)
@@ -177,6 +189,7 @@ class KafkaBridge:
         self._settings = settings
         self._metrics = metrics
         self._apply: Apply | None = None
+        self._apply_stock: ApplyStock | None = None
         self._ping: Ping | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
@@ -205,14 +218,14 @@ class KafkaBridge:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, apply: Apply, ping: Ping) -> None:
+    async def start(self, apply: Apply, apply_stock: ApplyStock, ping: Ping) -> None:
         """Start the consumer (when there are ingest topics) and the analytics sender (when enabled).
 
         Returns at once: connecting happens in the background, and until it succeeds
         :meth:`health` reports the side as degraded.
         """
-        self._apply, self._ping = apply, ping
-        if self._settings.kafka_order_topics:
+        self._apply, self._apply_stock, self._ping = apply, apply_stock, ping
+        if self._topics():
             self._spawn(INGEST, self._ingest_session)
         if self._queue is not None:
             self._spawn(ANALYTICS, self._analytics_session)
@@ -253,6 +266,10 @@ class KafkaBridge:
         if not self._problems:
             return "ok"
         return "degraded: " + "; ".join(f"{side} {why}" for side, why in sorted(self._problems.items()))
+
+    def _topics(self) -> list[str]:
+        """Every ingest topic, order topics first."""
+        return list(dict.fromkeys((*self._settings.kafka_order_topics, *self._settings.kafka_stock_topics)))
 
     def _spawn(self, side: str, session: Callable[[], Awaitable[None]]) -> None:
         self._problems[side] = "connecting"
@@ -330,7 +347,7 @@ class KafkaBridge:
         self._consumer, self._dlq = consumer, producer
         try:
             await producer.start()
-            consumer.subscribe(list(s.kafka_order_topics), listener=_Rebalance(self))
+            consumer.subscribe(self._topics(), listener=_Rebalance(self))
             await consumer.start()
             self._up(INGEST)
             async with self._probing(INGEST, consumer.topics):
@@ -405,8 +422,9 @@ class KafkaBridge:
             return True
 
     async def _attempt(self, record: Any, retry: _Retry | None) -> str | _Again | _Dead:
-        """Decode and apply ``record``: ``"applied"``/``"duplicate"``, or what to do about the failure."""
-        assert self._apply is not None and self._ping is not None
+        """Decode and apply ``record``: ``"applied"``/``"duplicate"``/``"stale"``, or what to do about
+        the failure."""
+        assert self._apply is not None and self._apply_stock is not None and self._ping is not None
         value = record.value
         if value is None:
             return _Dead(SokoError(ErrorCode.BAD_REQUEST, "record has no value"))
@@ -417,10 +435,14 @@ class KafkaBridge:
                 )
             )
         try:
-            event: OrderEvent = decode_json(value, OrderEvent)  # type: ignore[arg-type]  # a union, not a class
+            event = self._decode(record.topic, value)
         except SokoError as exc:
             return _Dead(exc)
         try:
+            if isinstance(event, StockEventRecord):
+                outcome = await self._apply_stock(event.change)
+                self._metrics.count_stock(outcome, "kafka")
+                return "applied" if outcome.applied else "duplicate" if outcome.duplicate else "stale"
             accepted = await self._apply(event)
         except SokoError as exc:
             if exc.code.temporary:
@@ -437,12 +459,24 @@ class KafkaBridge:
             except Exception:
                 return _Again(SokoError(ErrorCode.UNAVAILABLE, "the store does not answer"))
             attempts = 1 + (retry.attempts if retry is not None else 0)
-            log.exception("kafka: applying %s failed (attempt %d)", event.event_id, attempts)
+            event_id = event.change.event_id if isinstance(event, StockEventRecord) else event.event_id
+            log.exception("kafka: applying %s failed (attempt %d)", event_id, attempts)
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if attempts < UNEXPECTED_ATTEMPTS:
                 return _Again(SokoError(ErrorCode.INTERNAL, reason))
             return _Dead(SokoError(ErrorCode.INTERNAL, f"failed {attempts} times: {reason}"))
         return "duplicate" if accepted.duplicate else "applied"
+
+    def _decode(self, topic: str, value: bytes) -> OrderEvent | StockEventRecord:
+        """The record's event, by the kind of topic it was read from.
+
+        Raises:
+            SokoError: as :func:`protocol.codec.decode_json`.
+        """
+        if topic in self._settings.kafka_stock_topics:
+            return StockEventRecord(decode_json(value, StockEvent))  # type: ignore[arg-type]  # a union
+        event: OrderEvent = decode_json(value, OrderEvent)  # type: ignore[arg-type]  # a union, not a class
+        return event
 
     async def _dead_letter(self, record: Any, error: SokoError) -> None:
         """Copy ``record`` to the dead-letter topic; returns once Kafka acknowledged it."""

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from hub.auth import Principal, TokenVerifier
 from hub.config import Settings
-from hub.domains.ports import order_room, presence_room, staff_room, user_room
+from hub.domains.ports import order_room, presence_room, staff_room, stock_room, track_room, user_room
 from hub.limits import RateLimiter, TokenBucket
 from hub.metrics import HubMetrics
 from hub.services import Services
@@ -39,6 +39,10 @@ NAMESPACE = "/"
 UNBOUND_ABORT_GRACE = 1.0
 """Seconds a session closed by the namespace watchdog has to close its websocket before it is aborted."""
 ORDER_ROOM_PREFIX = order_room("")
+TRACK_ROOM_PREFIX = track_room("")
+STOCK_ROOM_PREFIX = stock_room("")
+MAX_STOCK_ROOMS = 1000
+"""Most stock rooms (whole boutiques plus single products) one socket may watch at once."""
 RESYNC_COALESCE = 0.5
 """Seconds during which requests to resync this node's sockets are merged into one frame."""
 Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
@@ -160,22 +164,27 @@ class SocketGateway:
         await self.sio.emit(events.RESYNC, frame, namespace=NAMESPACE)
 
     async def _recheck_order_rooms(self) -> None:
-        """Evictions from other nodes may have been lost too: drop sockets that may no longer watch."""
-        rooms = self.manager.rooms.get(NAMESPACE, {})
-        for room in [r for r in rooms if isinstance(r, str) and r.startswith(ORDER_ROOM_PREFIX)]:
-            order_id = room.removeprefix(ORDER_ROOM_PREFIX)
-            watchers = {
-                sid: conn.principal
-                for sid, _eio_sid in list(self.manager.get_participants(NAMESPACE, room))
-                if (conn := self._connections.get(sid)) is not None
-            }
-            try:
-                revoked = await self._services.orders.revoked_watchers(order_id, watchers)
-            except Exception:
-                log.exception("re-checking the watchers of %s failed", room)
-                continue
-            for sid in revoked:
-                await self.sio.leave_room(sid, room, namespace=NAMESPACE)
+        """Evictions from other nodes may have been lost too: drop sockets that may no longer watch
+        an order (reassigned driver) or track it (the order ended)."""
+        checks = (
+            (ORDER_ROOM_PREFIX, self._services.orders.revoked_watchers),
+            (TRACK_ROOM_PREFIX, self._services.location.revoked_watchers),
+        )
+        rooms = list(self.manager.rooms.get(NAMESPACE, {}))
+        for prefix, revoked_watchers in checks:
+            for room in [r for r in rooms if isinstance(r, str) and r.startswith(prefix)]:
+                watchers = {
+                    sid: conn.principal
+                    for sid, _eio_sid in list(self.manager.get_participants(NAMESPACE, room))
+                    if (conn := self._connections.get(sid)) is not None
+                }
+                try:
+                    revoked = await revoked_watchers(room.removeprefix(prefix), watchers)
+                except Exception:
+                    log.exception("re-checking the watchers of %s failed", room)
+                    continue
+                for sid in revoked:
+                    await self.sio.leave_room(sid, room, namespace=NAMESPACE)
 
     async def shutdown(self) -> None:
         """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
@@ -382,6 +391,7 @@ class SocketGateway:
             return await s.orders.list_for(p, r.limit)
 
         table: dict[str, Handler] = {
+            **self._logistics_handlers(),
             events.SYNC: sync,
             events.CATCHUP: catchup,
             events.CHAT_SEND: chat_send,
@@ -399,6 +409,85 @@ class SocketGateway:
         }
         assert table.keys() == events.CLIENT_EVENTS.keys(), "every client event needs exactly one handler"
         return table
+
+    def _logistics_handlers(self) -> dict[str, Handler]:
+        """Handlers of the inventory, wishlist and location events."""
+        s = self._services
+
+        async def stock_update(p: Principal, _sid: str, r: m.StockUpdateRequest) -> m.Frame:
+            reply = await s.inventory.update(p, r)
+            for outcome in reply.results:
+                self._metrics.count_stock(outcome, "socket")
+            return reply
+
+        async def stock_watch(p: Principal, sid: str, r: m.StockWatchRequest) -> m.Frame:
+            rooms = s.inventory.watch_rooms(p, r)
+            held = [
+                room
+                for room in self.sio.rooms(sid, namespace=NAMESPACE)
+                if room.startswith(STOCK_ROOM_PREFIX)
+            ]
+            if len(set(held) | set(rooms)) > MAX_STOCK_ROOMS:
+                raise SokoError(
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"a connection watches at most {MAX_STOCK_ROOMS} boutiques and products",
+                )
+            # Join first, then read: a change committed in between arrives both ways, never neither.
+            for room in rooms:
+                await self.sio.enter_room(sid, room, namespace=NAMESPACE)
+            return await s.inventory.snapshot(p, r)
+
+        async def stock_unwatch(p: Principal, sid: str, r: m.StockWatchRequest) -> None:
+            for room in s.inventory.watch_rooms(p, r):
+                await self.sio.leave_room(sid, room, namespace=NAMESPACE)
+
+        async def stock_levels(p: Principal, _sid: str, r: m.StockLevelsRequest) -> m.Frame:
+            return await s.inventory.levels(p, r)
+
+        async def stock_threshold(p: Principal, _sid: str, r: m.ThresholdRequest) -> m.Frame:
+            return await s.inventory.set_threshold(p, r)
+
+        async def wishlist_add(p: Principal, _sid: str, r: m.WishlistRequest) -> m.Frame:
+            return await s.inventory.wish(p, r)
+
+        async def wishlist_remove(p: Principal, _sid: str, r: m.WishlistRequest) -> m.Frame:
+            return await s.inventory.unwish(p, r)
+
+        async def wishlist_list(p: Principal, _sid: str, r: m.WishlistListRequest) -> m.Frame:
+            return await s.inventory.wishlist(p, r)
+
+        async def driver_location(p: Principal, _sid: str, r: m.LocationUpdate) -> m.Frame:
+            return await s.location.report(p, r)
+
+        async def track_watch(p: Principal, sid: str, r: m.TrackRequest) -> m.Frame:
+            snapshot = await s.location.watch(p, r.order_id)
+            await self.sio.enter_room(sid, track_room(r.order_id), namespace=NAMESPACE)
+            return snapshot
+
+        async def track_unwatch(_p: Principal, sid: str, r: m.TrackRequest) -> None:
+            await self.sio.leave_room(sid, track_room(r.order_id), namespace=NAMESPACE)
+
+        async def track_history(p: Principal, _sid: str, r: m.TrackHistoryRequest) -> m.Frame:
+            return await s.location.history(p, r)
+
+        async def dispatch_nearby(p: Principal, _sid: str, r: m.NearbyRequest) -> m.Frame:
+            return await s.location.nearby(p, r)
+
+        return {
+            events.STOCK_UPDATE: stock_update,
+            events.STOCK_WATCH: stock_watch,
+            events.STOCK_UNWATCH: stock_unwatch,
+            events.STOCK_LEVELS: stock_levels,
+            events.STOCK_THRESHOLD: stock_threshold,
+            events.WISHLIST_ADD: wishlist_add,
+            events.WISHLIST_REMOVE: wishlist_remove,
+            events.WISHLIST_LIST: wishlist_list,
+            events.DRIVER_LOCATION: driver_location,
+            events.TRACK_WATCH: track_watch,
+            events.TRACK_UNWATCH: track_unwatch,
+            events.TRACK_HISTORY: track_history,
+            events.DISPATCH_NEARBY: dispatch_nearby,
+        }
 
     # ------------------------------------------------------------------ watchdog
 

@@ -27,6 +27,9 @@ _STATUS = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.INVALID_ID: 400,
     ErrorCode.TEXT_TOO_LONG: 400,
+    ErrorCode.INVALID_POSITION: 400,
+    ErrorCode.FUTURE_TIMESTAMP: 400,
+    ErrorCode.LIMIT_EXCEEDED: 429,
     ErrorCode.FRAME_TOO_LARGE: 413,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
@@ -91,6 +94,8 @@ class ServiceApi:
             web.get("/metrics", self.metrics),
             web.post("/api/v1/events", self.post_event),
             web.post("/api/v1/notifications", self.post_notification),
+            web.post("/api/v1/stock", self.post_stock),
+            web.post("/api/v1/boutiques", self.post_boutique),
         ]
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -130,6 +135,25 @@ class ServiceApi:
             return await self._services.notifications.create(decode_json(body, m.NotificationCreate))
 
         return await self._service_call(request, "notifications", run)
+
+    async def post_stock(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/stock``: one stock change, applied once per ``(boutique_id, event_id)``."""
+
+        async def run(body: bytes) -> Any:
+            event: m.StockEvent = decode_json(body, m.StockEvent)  # type: ignore[arg-type]  # a union, not a class
+            outcome = await self._services.inventory.apply_service(event)
+            self._metrics.count_stock(outcome, "http")
+            return outcome
+
+        return await self._service_call(request, "stock", run)
+
+    async def post_boutique(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/boutiques``: where a boutique is (pickup point, dispatch searches)."""
+
+        async def run(body: bytes) -> Any:
+            return await self._services.location.locate_boutique(decode_json(body, m.BoutiqueLocation))
+
+        return await self._service_call(request, "boutiques", run)
 
     async def _service_call(
         self, request: web.Request, route: str, run: Callable[[bytes], Awaitable[Any]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -17,4 +18,14 @@ class OrjsonForSocketIO:
 
     @staticmethod
     def loads(s: str | bytes, **_: Any) -> Any:
-        return orjson.loads(s)
+        """Parse with orjson; what only the stdlib parser accepts (``NaN``, ``Infinity``, numbers
+        beyond float range, as Python clients send them) is parsed by it, so such values reach
+        the request validators and get a clear error instead of a dropped packet.
+
+        Raises:
+            ValueError: when neither parser accepts ``s``.
+        """
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError:
+            return json.loads(s)

@@ -128,9 +128,14 @@ async def test_authentication_and_size_limits(hub: RunningHub) -> None:
             yield padded[start : start + 8192]
             await asyncio.sleep(0.01)
 
-    async with aiohttp.ClientSession() as http, http.post(
-        hub.url + URL, data=in_pieces(), headers={"Authorization": f"Bearer {hub.token('service', 'svc')}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            hub.url + URL,
+            data=in_pieces(),
+            headers={"Authorization": f"Bearer {hub.token('service', 'svc')}"},
+        ) as resp,
+    ):
         reply = await resp.json()
     assert resp.status == 200 and reply["ok"], reply
 

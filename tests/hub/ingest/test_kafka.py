@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from storage import open_store
 from tests.support.hub import HubProcess, RunningHub, free_port, mint
 from tests.support.kafka import Tansu, committed, create_topic, produce, read_topic
 from tests.support.mongo import SecantusServer
+from tests.support.stockclient import StockClient
 from tests.support.streamclient import StreamClient
 from tests.support.tcpproxy import BlackholeProxy
 
@@ -44,11 +46,13 @@ def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
 
 
 def kafka_settings(tansu: Tansu, name: str, **overrides: Any) -> dict[str, Any]:
-    """Hub settings consuming ``<name>.orders`` in group ``g-<name>``, dead-lettering to ``<name>.dlq``."""
+    """Hub settings consuming ``<name>.orders`` (and no stock topic) in group ``g-<name>``,
+    dead-lettering to ``<name>.dlq``."""
     return {
         "kafka_bootstrap": tansu.bootstrap,
         "kafka_group": f"g-{name}",
         "kafka_order_topics": (f"{name}.orders",),
+        "kafka_stock_topics": (),
         "kafka_dlq_topic": f"{name}.dlq",
         **GROUP_TIMEOUTS,
         **overrides,
@@ -392,7 +396,10 @@ async def test_chat_and_notification_frames_reach_the_analytics_topic(tansu: Tan
     topic = "analytics.out"
     await create_topic(tansu.bootstrap, topic)  # one partition: the records keep their order
     hub = await hub_factory(
-        kafka_bootstrap=tansu.bootstrap, kafka_order_topics=(), kafka_analytics_topic=topic
+        kafka_bootstrap=tansu.bootstrap,
+        kafka_order_topics=(),
+        kafka_stock_topics=(),
+        kafka_analytics_topic=topic,
     )
     alice = await connected(hub.url, hub.token("shopper", "alice"))
     bob = await connected(hub.url, hub.token("staff", "bob", "b1"))
@@ -420,6 +427,84 @@ async def test_chat_and_notification_frames_reach_the_analytics_topic(tansu: Tan
     assert (status_code, body["checks"]["kafka"]) == (200, "ok")
     await alice.disconnect()
     await bob.disconnect()
+
+
+def stock_change(event_id: str, sku: str, **change: Any) -> bytes:
+    kind = "stock.set" if "level" in change else "stock.adjust"
+    return record(type=kind, event_id=event_id, boutique_id="b1", sku=sku, **change)
+
+
+@pytest.mark.asyncio
+async def test_stock_records_apply_once_and_stale_or_poison_ones_are_settled(
+    tansu: Tansu, hub_factory: Any
+) -> None:
+    stock, dlq = "stock.stock", "stock.dlq"
+    await create_topic(tansu.bootstrap, stock)
+    hub = await hub_factory(
+        **kafka_settings(tansu, "stock", kafka_order_topics=(), kafka_stock_topics=(stock,))
+    )
+    watcher = StockClient(hub.url, hub.token("shopper", "alice"))
+    await watcher.connect()
+    await watcher.watch("b1")
+    poison = [b"[1, 2", stock_change("neg", "mug", level=-4)]
+    changes = [
+        stock_change("v2", "mug", level=7, version=2),
+        stock_change("v1", "mug", level=3, version=1),  # older reading, arrives late: stale
+        stock_change("v2", "mug", level=7, version=2),  # redelivered: duplicate
+        *poison,
+        stock_change("sold", "mug", delta=-2),
+    ]
+    await produce(tansu.bootstrap, stock, changes, key=b"b1/mug")
+    await reaches(hub, "soko_kafka_records_total", 2, outcome="applied")
+    await reaches(hub, "soko_kafka_records_total", 1, outcome="stale")
+    await reaches(hub, "soko_kafka_records_total", 1, outcome="duplicate")
+    await reaches(hub, "soko_kafka_records_total", 2, outcome="dead_letter")
+    assert metric(hub, "soko_stock_updates_total", path="kafka", outcome="stale") == 1
+    record_now = await hub.app[STORE].stock("b1", "mug")
+    assert record_now is not None and (record_now.level, record_now.version) == (5, 2)
+    await watcher.wait_for(lambda: watcher.view == {"mug": (5, 2)})
+    dead = await read_topic(tansu.bootstrap, dlq, 2)
+    assert sorted((dict(r.headers)[records.DLQ_ERROR_CODE], r.value) for r in dead) == sorted(
+        [(b"1000", poison[0]), (b"1000", poison[1])]
+    )
+    await watcher.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_stock_and_driver_positions_reach_the_analytics_topic(tansu: Tansu, hub_factory: Any) -> None:
+    topic = "analytics.logistics"
+    await create_topic(tansu.bootstrap, topic)
+    hub = await hub_factory(
+        kafka_bootstrap=tansu.bootstrap,
+        kafka_order_topics=(),
+        kafka_stock_topics=(),
+        kafka_analytics_topic=topic,
+        gps_min_period_s=0.0,
+    )
+    await hub.service("/api/v1/events", json.loads(created("o1")))
+    await hub.service(
+        "/api/v1/events", {"type": "delivery.assigned", "event_id": "a1", "order_id": "o1", "driver_id": "d1"}
+    )
+    driver = await connected(hub.url, hub.token("driver", "d1"))
+    fix = {"lat": -1.29, "lon": 36.82, "accuracy": 5.0, "ts": int(time.time() * 1000) - 1000}
+    assert (await driver.ok("driver.location", fix))["kept"] is True
+    staff = await connected(hub.url, hub.token("staff", "bob", "b1"))
+    await staff.ok(
+        "stock.update",
+        {"updates": [{"type": "stock.set", "event_id": "s1", "boutique_id": "b1", "sku": "mug", "level": 4}]},
+    )
+    # order.created and delivery.assigned notify two inboxes each, then the position, then the stock change.
+    found = [json.loads(r.value) for r in await read_topic(tansu.bootstrap, topic, 6)]
+    assert [r["event"] for r in found] == ["notification"] * 4 + ["track.position", "stock"]
+    position, change = found[4], found[5]
+    assert (position["rooms"], position["data"]["driver_id"], position["data"]["lat"]) == (
+        ["track:o1"],
+        "d1",
+        -1.29,
+    )
+    assert (change["data"]["sku"], change["data"]["level"], change["data"]["version"]) == ("mug", 4, 1)
+    await driver.disconnect()
+    await staff.disconnect()
 
 
 @pytest.mark.asyncio
