@@ -89,7 +89,7 @@ class Settings:
     """Seconds an event naming an unknown order is retried (its ``order.created`` may be late) before
     it is dead-lettered. Its partition waits meanwhile; other partitions go on."""
     kafka_analytics_topic: str = ""
-    """Topic for chat and notification analytics records; empty turns the producer off."""
+    """Topic for analytics records (chat, notifications, stock changes, driver positions); empty: off."""
     kafka_analytics_buffer: int = 10_000
     """Analytics records held while Kafka is slow or down; beyond that they are dropped and counted."""
     kafka_session_timeout: float = 10.0

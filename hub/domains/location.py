@@ -24,7 +24,7 @@ drivers active within that window.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -342,17 +342,21 @@ class LocationService:
             floor_mps=self._config.eta_floor_mps,
         )
 
-    async def watch(self, principal: Principal, order_id: str) -> TrackSnapshot:
-        """The order's tracking state, for its shopper or a dispatcher; the caller then joins
-        ``track_room(order_id)``. ``position`` is the driver's last known position (None when
-        inactive or none within the TTL).
+    async def watch(
+        self, principal: Principal, order_id: str, join: Callable[[], Awaitable[None]]
+    ) -> TrackSnapshot:
+        """Authorize the order's shopper or a dispatcher, ``join`` its ``track_room`` (the
+        caller's way of entering the room), then read its tracking state, so a fix kept
+        meanwhile reaches the watcher one way or the other. ``position`` is the driver's last
+        known position (None when inactive or none within the TTL).
 
         Raises:
-            SokoError: FORBIDDEN for anyone else, and for unknown orders.
+            SokoError: FORBIDDEN for anyone else, and for unknown orders; ``join`` is not called.
         """
         order = await self._orders.get_order(order_id)
         if order is None or not _may_watch(principal, order):
             raise forbidden(f"track {order_id}")
+        await join()
         frame = None
         if is_active(order):
             assert order.driver_id is not None

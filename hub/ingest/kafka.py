@@ -47,7 +47,8 @@ Analytics
 ---------
 :meth:`KafkaBridge.tap` sees every frame this node publishes
 (:meth:`hub.node.Node.set_tap`) and keeps those named in
-:data:`protocol.records.ANALYTICS_EVENTS` (chat messages and notifications). It never
+:data:`protocol.records.ANALYTICS_EVENTS` (chat messages, notifications, stock changes and
+driver positions). It never
 blocks and never raises: it puts the frame in a bounded queue
 (``kafka_analytics_buffer``) or, when the queue is full because Kafka is down or slow,
 drops it and counts ``soko_kafka_analytics_dropped_total{reason="buffer_full"}``. A

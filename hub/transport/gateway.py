@@ -460,9 +460,10 @@ class SocketGateway:
             return await s.location.report(p, r)
 
         async def track_watch(p: Principal, sid: str, r: m.TrackRequest) -> m.Frame:
-            snapshot = await s.location.watch(p, r.order_id)
-            await self.sio.enter_room(sid, track_room(r.order_id), namespace=NAMESPACE)
-            return snapshot
+            async def join() -> None:
+                await self.sio.enter_room(sid, track_room(r.order_id), namespace=NAMESPACE)
+
+            return await s.location.watch(p, r.order_id, join)
 
         async def track_unwatch(_p: Principal, sid: str, r: m.TrackRequest) -> None:
             await self.sio.leave_room(sid, track_room(r.order_id), namespace=NAMESPACE)

@@ -7,6 +7,7 @@ different ways), and checks every client, the server and an independent oracle a
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.hub import RunningHub
+from tests.support.redis import RedisServer
 from tests.support.stockclient import StockClient
 from tests.support.streamclient import StreamClient
 
@@ -383,3 +385,28 @@ async def test_back_in_stock_reaches_only_those_who_wished(hub: RunningHub) -> N
     for client in (wisher, bystander):
         await client.disconnect()
     await staff.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_two_nodes_adjusting_one_sku_at_once_lose_no_change(
+    redis_server: RedisServer, hub_factory: Any, mongo_url: str
+) -> None:
+    a, b = [await hub_factory(broker=redis_server.url, store=mongo_url) for _ in range(2)]
+    watchers = [await stock_client(hub, "shopper", f"w{i}") for i, hub in enumerate((a, b))]
+    for watcher in watchers:
+        await watcher.watch(B, ["mug"])
+    writers = [await stock_client(hub, "staff", f"clerk{i}", B) for i, hub in enumerate((a, b))]
+
+    async def add_units(writer: StockClient, name: str) -> None:
+        for i in range(15):
+            batch = [adjust(f"{name}-{i}-{j}", "mug", 1) for j in range(2)]
+            results = (await writer.ok("stock.update", {"updates": batch}))["results"]
+            assert all(r["applied"] for r in results), results
+
+    await asyncio.gather(add_units(writers[0], "a"), add_units(writers[1], "b"))
+    for watcher in watchers:
+        await watcher.wait_for(lambda w=watcher: w.view.get("mug") == (60, 60))
+    page = await watchers[1].ok("stock.levels", {"boutique_id": B, "skus": ["mug"]})
+    assert [(i["level"], i["version"]) for i in page["items"]] == [(60, 60)]
+    for client in (*watchers, *writers):
+        await client.disconnect()

@@ -226,6 +226,10 @@ async def test_a_kept_fix_reaches_only_the_track_rooms_of_the_drivers_active_ord
     assert world.outcomes == ["kept"]
 
 
+async def no_room() -> None:
+    """A ``join`` for watches whose room membership the test does not need."""
+
+
 @pytest.mark.asyncio
 async def test_dropped_fixes_are_acked_with_their_reason_and_go_nowhere(world: World) -> None:
     await world.order("o1")
@@ -235,7 +239,7 @@ async def test_dropped_fixes_are_acked_with_their_reason_and_go_nowhere(world: W
     assert await world.report(north(BOUTIQUE, 9000), 3) == (False, "speed")
     assert await world.report(north(BOUTIQUE, 20), 0) == (False, "outdated")
     assert len(world.fanout.positions()) == 1
-    snapshot = await world.service.watch(SHOPPER, "o1")
+    snapshot = await world.service.watch(SHOPPER, "o1", no_room)
     assert snapshot.position is not None and snapshot.position.lat == BOUTIQUE[0]
     # Compared with the last KEPT fix (at 0 s), not with the dropped ones.
     assert await world.report(north(BOUTIQUE, 20), 1) == (True, None)
@@ -347,14 +351,21 @@ async def test_each_geofence_notifies_the_shopper_once_across_nodes(world: World
 )
 async def test_watch_authorization(world: World, principal: Principal, allowed: bool) -> None:
     await world.order("o1")
+    joined: list[str] = []
+
+    async def join() -> None:
+        joined.append("o1")
+
     if allowed:
-        assert (await world.service.watch(principal, "o1")).order_id == "o1"
+        assert (await world.service.watch(principal, "o1", join)).order_id == "o1"
+        assert joined == ["o1"]
     else:
         with pytest.raises(SokoError) as caught:
-            await world.service.watch(principal, "o1")
+            await world.service.watch(principal, "o1", join)
         assert caught.value.code is ErrorCode.FORBIDDEN
+        assert joined == []  # refused before joining the room
     with pytest.raises(SokoError) as unknown:
-        await world.service.watch(principal, "nope")
+        await world.service.watch(principal, "nope", join)
     assert unknown.value.code is ErrorCode.FORBIDDEN
 
 
@@ -362,18 +373,18 @@ async def test_watch_authorization(world: World, principal: Principal, allowed: 
 async def test_watch_snapshot_has_the_latest_position_only_while_active(world: World) -> None:
     await world.order("o1", status="picked_up")
     await world.order("o2", driver_id=None)
-    empty = await world.service.watch(SHOPPER, "o1")
+    empty = await world.service.watch(SHOPPER, "o1", no_room)
     assert (empty.status, empty.active, empty.position) == ("picked_up", True, None)
     await world.report(north(DOOR, -1000), 0, speed=5.0)
     await world.report(north(DOOR, -900), 20, speed=5.0)
-    snapshot = await world.service.watch(SHOPPER, "o1")
+    snapshot = await world.service.watch(SHOPPER, "o1", no_room)
     assert snapshot.position == world.fanout.positions()[-1]
     assert snapshot.position is not None and snapshot.position.eta is not None
     assert snapshot.position.eta.distance_m == 1170
-    unassigned = await world.service.watch(SHOPPER, "o2")
+    unassigned = await world.service.watch(SHOPPER, "o2", no_room)
     assert (unassigned.active, unassigned.position) == (False, None)
     await world.order("o1", status="delivered")
-    done = await world.service.watch(SHOPPER, "o1")
+    done = await world.service.watch(SHOPPER, "o1", no_room)
     assert (done.status, done.active, done.position) == ("delivered", False, None)
 
 
