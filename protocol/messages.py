@@ -582,7 +582,7 @@ class WishlistItem(Frame):
     sku: str
     added_ts: int
     level: int | None
-    """The SKU's current level; None when the hub has never seen it."""
+    """The SKU's current level; None when the hub has no state for it (no change, no threshold)."""
 
 
 class Wishlist(Frame):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from hub.auth import Principal
-from hub.domains.access import AccessPolicy
+from hub.domains.access import AccessPolicy, forbidden
 from hub.domains.entries import ChatPayload, chat_frame, encode_payload, frame_of
 from hub.domains.ports import Fanout, now_ms
 from protocol import events
@@ -116,8 +116,15 @@ class ChatService:
         )
 
     async def mark_read(self, principal: Principal, req: ReadRequest) -> None:
-        """Advance the caller's side's read position and tell both parties."""
+        """Advance the caller's side's read position and tell both parties.
+
+        Raises:
+            SokoError: FORBIDDEN for streams that are not conversations (inboxes use
+                ``notify.read``; inventory streams have no readers to tell).
+        """
         access = await self._access.stream_access(principal, req.stream, write=False)
+        if access.kind not in (StreamKind.BOUTIQUE_CHAT, StreamKind.ORDER_CHAT):
+            raise forbidden(req.stream)
         head = await self._store.head(req.stream)
         seq = min(req.seq, head.head if head else 0)
         party = principal.party

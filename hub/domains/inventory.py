@@ -374,7 +374,7 @@ class InventoryService:
                     boutique_id=wish.boutique_id,
                     sku=wish.sku,
                     added_ts=wish.added_ts,
-                    level=record.level if record is not None and record.version > 0 else None,
+                    level=record.level if record is not None else None,
                 )
             )
         return Wishlist(items=items)

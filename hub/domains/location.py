@@ -36,6 +36,7 @@ from hub.domains.geo import (
     AT_BOUTIQUE,
     AT_DOOR,
     NEAR_CUSTOMER,
+    Decision,
     FenceConfig,
     FilterConfig,
     Fix,
@@ -157,6 +158,11 @@ class LocalPositionBook:
         self._entries.clear()
 
 
+MAX_FIX_AGE_S = 3600.0
+"""A fix whose device time is older than this is dropped as ``outdated`` even as a driver's first:
+generous for phones whose clocks run behind, yet no position from another day becomes "latest"."""
+
+
 @dataclass(frozen=True, slots=True)
 class LocationConfig:
     """Tunables of :class:`LocationService` (times in seconds, speeds in m/s)."""
@@ -252,19 +258,31 @@ class LocationService:
         """
         if principal.role is not Role.DRIVER:
             raise forbidden("driver.location")
-        fix = validate_update(update, now_ms(), self._config.future_skew_s)
+        wall = now_ms()
+        fix = validate_update(update, wall, self._config.future_skew_s)
         now = self._clock()
         self._forget_idle(now)
         driver = self._drivers.get(principal.sub)
         if driver is None:
             driver = self._drivers[principal.sub] = _Driver(seen_at=now)
+            # The driver may have been kept by another node (a reconnect landed elsewhere): judge this
+            # fix against that one, so an older fix never replaces a newer shared position.
+            known = await self._positions.get(principal.sub)
+            if known is not None:
+                driver.last_kept, driver.avg_speed = known.fix, known.avg_speed_mps
         driver.seen_at = now
-        decision = self._filter.decide(driver.last_kept, fix)
+        if fix.ts < wall - MAX_FIX_AGE_S * 1000:
+            decision = Decision(kept=False, reason="outdated")  # not a live position, whatever came before
+        else:
+            decision = self._filter.decide(driver.last_kept, fix)
         if self._on_fix is not None:
             self._on_fix(decision.reason or "kept")
         if not decision.kept:
             return LocationAccepted(kept=False, reason=decision.reason)
-        driver.avg_speed = smoothed_speed(driver.avg_speed, speed_sample(driver.last_kept, fix))
+        sample = speed_sample(driver.last_kept, fix)
+        if sample is not None and sample > self._config.filter.max_speed_kmh / 3.6:
+            sample = None  # a junk speed reading must not drag the ETA for minutes
+        driver.avg_speed = smoothed_speed(driver.avg_speed, sample)
         driver.last_kept = fix
         position = Position(fix=fix, avg_speed_mps=driver.avg_speed)
         await self._positions.put(principal.sub, position)
@@ -357,6 +375,8 @@ class LocationService:
         if order is None or not _may_watch(principal, order):
             raise forbidden(f"track {order_id}")
         await join()
+        # Read again: a delivery applied before the join emptied the room without this socket.
+        order = await self._orders.get_order(order_id) or order
         frame = None
         if is_active(order):
             assert order.driver_id is not None

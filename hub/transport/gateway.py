@@ -20,7 +20,7 @@ from aiohttp import web
 
 from hub.auth import Principal, TokenVerifier
 from hub.config import Settings
-from hub.domains.ports import order_room, presence_room, staff_room, stock_room, track_room, user_room
+from hub.domains.ports import order_room, presence_room, staff_room, track_room, user_room
 from hub.limits import RateLimiter, TokenBucket
 from hub.metrics import HubMetrics
 from hub.services import Services
@@ -40,7 +40,6 @@ UNBOUND_ABORT_GRACE = 1.0
 """Seconds a session closed by the namespace watchdog has to close its websocket before it is aborted."""
 ORDER_ROOM_PREFIX = order_room("")
 TRACK_ROOM_PREFIX = track_room("")
-STOCK_ROOM_PREFIX = stock_room("")
 MAX_STOCK_ROOMS = 1000
 """Most stock rooms (whole boutiques plus single products) one socket may watch at once."""
 RESYNC_COALESCE = 0.5
@@ -51,7 +50,16 @@ Handler = Callable[[Principal, str, Any], Awaitable[m.Frame | None]]
 class Connection:
     """State of one connected socket."""
 
-    __slots__ = ("bucket", "closing", "counted_present", "expiry", "principal", "rate_key", "strikes")
+    __slots__ = (
+        "bucket",
+        "closing",
+        "counted_present",
+        "expiry",
+        "principal",
+        "rate_key",
+        "stock_rooms",
+        "strikes",
+    )
 
     def __init__(self, principal: Principal, bucket: TokenBucket) -> None:
         self.principal = principal
@@ -63,6 +71,8 @@ class Connection:
         self.expiry: asyncio.TimerHandle | None = None
         self.closing = False
         self.counted_present = False
+        self.stock_rooms: set[str] = set()
+        """The stock rooms this socket joined (python-socketio can only list them by scanning all rooms)."""
 
 
 def error_payload(code: ErrorCode, message: str) -> dict[str, Any]:
@@ -422,12 +432,8 @@ class SocketGateway:
 
         async def stock_watch(p: Principal, sid: str, r: m.StockWatchRequest) -> m.Frame:
             rooms = s.inventory.watch_rooms(p, r)
-            held = [
-                room
-                for room in self.sio.rooms(sid, namespace=NAMESPACE)
-                if room.startswith(STOCK_ROOM_PREFIX)
-            ]
-            if len(set(held) | set(rooms)) > MAX_STOCK_ROOMS:
+            held = self._connections[sid].stock_rooms
+            if len(held | set(rooms)) > MAX_STOCK_ROOMS:
                 raise SokoError(
                     ErrorCode.LIMIT_EXCEEDED,
                     f"a connection watches at most {MAX_STOCK_ROOMS} boutiques and products",
@@ -435,11 +441,14 @@ class SocketGateway:
             # Join first, then read: a change committed in between arrives both ways, never neither.
             for room in rooms:
                 await self.sio.enter_room(sid, room, namespace=NAMESPACE)
+                held.add(room)
             return await s.inventory.snapshot(p, r)
 
         async def stock_unwatch(p: Principal, sid: str, r: m.StockWatchRequest) -> None:
+            held = self._connections[sid].stock_rooms
             for room in s.inventory.watch_rooms(p, r):
                 await self.sio.leave_room(sid, room, namespace=NAMESPACE)
+                held.discard(room)
 
         async def stock_levels(p: Principal, _sid: str, r: m.StockLevelsRequest) -> m.Frame:
             return await s.inventory.levels(p, r)

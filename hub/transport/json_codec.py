@@ -23,9 +23,12 @@ class OrjsonForSocketIO:
         the request validators and get a clear error instead of a dropped packet.
 
         Raises:
-            ValueError: when neither parser accepts ``s``.
+            ValueError: when neither parser accepts ``s``; TypeError when it holds a lone surrogate.
         """
         try:
             return orjson.loads(s)
         except orjson.JSONDecodeError:
-            return json.loads(s)
+            value = json.loads(s)
+        # The stdlib also accepts lone surrogates ("\ud800"), which nothing downstream can encode.
+        orjson.dumps(value)  # raises orjson.JSONEncodeError (a TypeError) for them
+        return value

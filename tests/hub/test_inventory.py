@@ -292,9 +292,11 @@ async def test_who_may_change_and_watch_stock(hub: RunningHub) -> None:
     for client in (shopper, driver, staff_a):
         snapshot = await client.watch(B)
         assert [(i["sku"], i["level"]) for i in snapshot["items"]] == [("mug", 4)]
-    # Nobody writes the inventory stream directly, and only staff set thresholds.
+    # Nobody writes the inventory stream directly, marks it read or types in it; only staff set thresholds.
     reply = await shopper.sio.call("chat.send", {"stream": f"inv:{B}", "client_id": "c1", "text": "x"})
     assert reply["error"]["code"] == 2003
+    assert await error_code(shopper, "chat.read", {"stream": f"inv:{B}", "seq": 1}) == 2003
+    assert await error_code(shopper, "chat.typing", {"stream": f"inv:{B}"}) == 2003
     assert await error_code(shopper, "stock.threshold", {"boutique_id": B, "sku": "mug", "low": 2}) == 2003
     assert await error_code(staff_b, "stock.threshold", {"boutique_id": B, "sku": "mug", "low": 2}) == 2003
     assert await error_code(staff_a, "wishlist.add", {"boutique_id": B, "sku": "mug"}) == 2003
@@ -410,3 +412,19 @@ async def test_two_nodes_adjusting_one_sku_at_once_lose_no_change(
     assert [(i["level"], i["version"]) for i in page["items"]] == [(60, 60)]
     for client in (*watchers, *writers):
         await client.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_socket_watches_at_most_a_thousand_stock_rooms(hub_factory: Any) -> None:
+    hub = await hub_factory(rate_per_second=1000.0, rate_burst=1000)
+    shopper = await stock_client(hub, "shopper", "s1")
+    for batch in range(10):
+        skus = [f"sku-{batch}-{i}" for i in range(100)]
+        await shopper.ok("stock.watch", {"boutique_id": B, "skus": skus})
+    again = await shopper.ok("stock.watch", {"boutique_id": B, "skus": ["sku-0-0"]})  # already held
+    assert again["boutique_id"] == B
+    assert await error_code(shopper, "stock.watch", {"boutique_id": B}) == 3004
+    await shopper.ok("stock.unwatch", {"boutique_id": B, "skus": ["sku-0-0", "sku-0-1"]})
+    await shopper.ok("stock.watch", {"boutique_id": OTHER})
+    assert await error_code(shopper, "stock.watch", {"boutique_id": B, "skus": ["x", "y"]}) == 3004
+    await shopper.disconnect()

@@ -96,7 +96,7 @@ class World:
     notifications: NotificationService
     service: LocationService
     outcomes: list[str]
-    base_ts: int = field(default_factory=lambda: now_ms() - 3_600_000)
+    base_ts: int = field(default_factory=lambda: now_ms() - 1_800_000)
 
     def node(self) -> LocationService:
         """Another hub node on the same store: its own memory, book and clock."""
@@ -461,3 +461,35 @@ async def test_idle_drivers_are_forgotten_after_the_position_ttl(world: World) -
     world.clock.now += 121
     await world.report(BOUTIQUE, 0, driver=who(Role.DRIVER, "d2"))  # any report sweeps idle drivers
     assert await world.report(north(BOUTIQUE, 50), 0) == (True, None)  # d1's last kept fix was forgotten
+
+
+@pytest.mark.asyncio
+async def test_a_node_new_to_a_driver_judges_fixes_against_the_shared_position(world: World) -> None:
+    book = LocalPositionBook(120)
+    node_a, node_b = (
+        LocationService(
+            world.store, world.store, world.store, book, world.notifications, world.fanout, LocationConfig()
+        )
+        for _ in range(2)
+    )
+    await world.order("o1")
+    for second in range(5, 10):
+        assert await world.report(north(BOUTIQUE, second * 50), second * 5, service=node_a) == (True, None)
+    # The driver reconnects to node B, whose first fix from it is older than what A kept.
+    assert await world.report(north(BOUTIQUE, 10), 1, service=node_b) == (False, "outdated")
+    kept = await book.get("d1")
+    assert kept is not None and kept.fix.lat == north(BOUTIQUE, 450)[0]
+    assert [p.lat for p in world.fanout.positions()][-1] == north(BOUTIQUE, 450)[0]
+    assert await world.report(north(BOUTIQUE, 500), 50, service=node_b) == (True, None)
+
+
+@pytest.mark.asyncio
+async def test_fixes_from_long_ago_are_outdated_and_junk_speeds_do_not_skew_the_eta(world: World) -> None:
+    await world.order("o1", status="picked_up")
+    world.base_ts = now_ms() - 2 * 3_600_000
+    assert await world.report(BOUTIQUE, 0) == (False, "outdated")
+    world.base_ts = now_ms() - 600_000
+    assert await world.report(north(DOOR, -2000), 0, speed=1e9) == (True, None)
+    assert await world.report(north(DOOR, -1990), 1, speed=10.0) == (True, None)
+    eta = world.fanout.positions()[-1].eta
+    assert eta is not None and eta.speed_mps == pytest.approx(10.0)
