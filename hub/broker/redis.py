@@ -41,6 +41,8 @@ from hub.metrics import HubMetrics
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 2.0
+"""Seconds each step of closing waits for Redis before giving up on it."""
 HEARTBEAT_INTERVAL = 0.25
 """Seconds between self-echo heartbeats."""
 HEARTBEAT_DEADLINE = 3.0
@@ -131,14 +133,20 @@ class RedisBroker:
         return self._subscribed.is_set() and time.monotonic() - self._last_echo <= HEARTBEAT_DEADLINE
 
     async def close(self) -> None:
+        """Stop the listener and heartbeat and release the connections, within about
+        2 x :data:`CLOSE_TIMEOUT` seconds even when Redis is half-gone (a node must be able to stop)."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _done, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
+            if stuck:
+                log.warning("redis broker: %d task(s) still closing a connection; not waiting", len(stuck))
         self._tasks = []
         self._on_envelope = None
-        await self.client.aclose()
+        try:
+            await asyncio.wait_for(self.client.aclose(), CLOSE_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("redis broker: closing the connection pool failed (%r)", exc)
 
     # ------------------------------------------------------------------ internals
 
@@ -186,8 +194,8 @@ class RedisBroker:
                 # counts as cut off, so its return triggers the cluster-wide resync.
                 self._lost(f"heartbeat echo {echo_age:.1f}s late")
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):  # a dead socket must not hold the listener here
+                await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT)  # type: ignore[no-untyped-call]
 
     async def _dispatch(self, raw: Any) -> None:
         try:
