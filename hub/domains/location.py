@@ -18,7 +18,9 @@ the same bound, and the room has been emptied).
 
 Per-driver filter state lives in this node's memory (a driver's socket is on one node)
 and is forgotten after ``position_ttl_s`` without a fix, so memory is bounded by the
-drivers active within that window.
+drivers active within that window. A node that meets a driver first (a reconnect landed
+on it) starts from the shared last-known position, so an older fix is dropped as
+``outdated`` instead of moving the driver backwards.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from hub.domains.geo import (
     validate_update,
 )
 from hub.domains.notifications import NotificationService
+from hub.domains.orders import ENDED
 from hub.domains.ports import Fanout, now_ms, track_room
 from protocol import events
 from protocol.codec import to_wire
@@ -71,7 +74,6 @@ from protocol.messages import (
 )
 from storage.base import OrderRecord, OrderStore, PlaceStore, TrackPointRecord, TrackStore
 
-ENDED = frozenset({"delivered", "cancelled"})
 BEFORE_PICKUP = frozenset({"created", "confirmed", "preparing", "ready"})
 ORDER_SCAN = 50
 """Newest orders of a driver searched for active ones."""
