@@ -388,30 +388,26 @@ def _kafka() -> dict[str, dict[str, Any]]:
             "messages": [{"$ref": f"#/channels/{channel_key}/messages/{message_key}"}],
         }
 
+    group_binding = {
+        "kafka": {
+            "groupId": {"type": "string", "enum": [records.GROUP]},
+            "bindingVersion": KAFKA_BINDING_VERSION,
+        }
+    }
     operations = {
         "kafka.receive.orderEvents": operation(
             "receive",
             "kafkaOrderEvents",
             "kafka.orderEvent",
             "Hub consumes order events",
-            bindings={
-                "kafka": {
-                    "groupId": {"type": "string", "enum": [records.GROUP]},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }
-            },
+            bindings=group_binding,
         ),
         "kafka.receive.stockEvents": operation(
             "receive",
             "kafkaStockEvents",
             "kafka.stockEvent",
             "Hub consumes stock changes",
-            bindings={
-                "kafka": {
-                    "groupId": {"type": "string", "enum": [records.GROUP]},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }
-            },
+            bindings=group_binding,
         ),
         "kafka.send.deadLetter": operation(
             "send", "kafkaDeadLetter", "kafka.deadLetter", "Hub dead-letters a record"

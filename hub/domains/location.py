@@ -51,7 +51,7 @@ from hub.domains.geo import (
     validate_update,
 )
 from hub.domains.notifications import NotificationService
-from hub.domains.orders import ENDED
+from hub.domains.orders import ENDED, STATUS_RANK
 from hub.domains.ports import Fanout, now_ms, track_room
 from protocol import events
 from protocol.codec import to_wire
@@ -74,7 +74,7 @@ from protocol.messages import (
 )
 from storage.base import OrderRecord, OrderStore, PlaceStore, TrackPointRecord, TrackStore
 
-BEFORE_PICKUP = frozenset({"created", "confirmed", "preparing", "ready"})
+BEFORE_PICKUP = frozenset(s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK["picked_up"])
 ORDER_SCAN = 50
 """Newest orders of a driver searched for active ones."""
 

@@ -81,7 +81,7 @@ from hub.metrics import HubMetrics
 from protocol import records
 from protocol.codec import decode_json, encode_json
 from protocol.errors import ErrorCode, SokoError
-from protocol.messages import EventAccepted, OrderEvent, StockEvent, StockOutcome
+from protocol.messages import EventAccepted, OrderEvent, StockAdjust, StockEvent, StockOutcome, StockSet
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,6 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: a delay in ``[d/2, d]``, ``d = min(cap, base * 2**attempt)``."""
     delay = min(cap, base * 2.0 ** min(attempt, 30))
     return delay / 2 + random.random() * delay / 2  # noqa: S311  (jitter, not secrecy)
-
-
-@dataclass(frozen=True, slots=True)
-class StockEventRecord:
-    """A decoded record of a stock topic (wrapped, so it is told apart from order events)."""
-
-    change: StockEvent
 
 
 @dataclass(slots=True)
@@ -440,8 +433,8 @@ class KafkaBridge:
         except SokoError as exc:
             return _Dead(exc)
         try:
-            if isinstance(event, StockEventRecord):
-                outcome = await self._apply_stock(event.change)
+            if isinstance(event, StockSet | StockAdjust):
+                outcome = await self._apply_stock(event)
                 self._metrics.count_stock(outcome, "kafka")
                 return "applied" if outcome.applied else "duplicate" if outcome.duplicate else "stale"
             accepted = await self._apply(event)
@@ -460,22 +453,22 @@ class KafkaBridge:
             except Exception:
                 return _Again(SokoError(ErrorCode.UNAVAILABLE, "the store does not answer"))
             attempts = 1 + (retry.attempts if retry is not None else 0)
-            event_id = event.change.event_id if isinstance(event, StockEventRecord) else event.event_id
-            log.exception("kafka: applying %s failed (attempt %d)", event_id, attempts)
+            log.exception("kafka: applying %s failed (attempt %d)", event.event_id, attempts)
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if attempts < UNEXPECTED_ATTEMPTS:
                 return _Again(SokoError(ErrorCode.INTERNAL, reason))
             return _Dead(SokoError(ErrorCode.INTERNAL, f"failed {attempts} times: {reason}"))
         return "duplicate" if accepted.duplicate else "applied"
 
-    def _decode(self, topic: str, value: bytes) -> OrderEvent | StockEventRecord:
+    def _decode(self, topic: str, value: bytes) -> OrderEvent | StockEvent:
         """The record's event, by the kind of topic it was read from.
 
         Raises:
             SokoError: as :func:`protocol.codec.decode_json`.
         """
         if topic in self._settings.kafka_stock_topics:
-            return StockEventRecord(decode_json(value, StockEvent))  # type: ignore[arg-type]  # a union
+            change: StockEvent = decode_json(value, StockEvent)  # type: ignore[arg-type]  # a union
+            return change
         event: OrderEvent = decode_json(value, OrderEvent)  # type: ignore[arg-type]  # a union, not a class
         return event
 
