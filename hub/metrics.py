@@ -119,6 +119,17 @@ class HubMetrics:
             registry=r,
         )
 
+        self.device_health = Counter(
+            "soko_device_health_total",
+            "Device health reports, per sensor state (ok, silent, invalid) and outcome (notified, duplicate)",
+            ["state", "outcome"],
+            registry=r,
+        )
+
+    def count_device_health(self, state: str, duplicate: bool) -> None:
+        """Count one ``device.health`` report by the state it reported and whether it was new."""
+        self.device_health.labels(state, "duplicate" if duplicate else "notified").inc()
+
     def count_stock(self, outcome: StockOutcome, path: str) -> None:
         """Count one stock change by what became of it."""
         kind = "applied" if outcome.applied else "duplicate" if outcome.duplicate else "stale"

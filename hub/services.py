@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from hub.config import Settings
 from hub.domains.access import AccessPolicy
 from hub.domains.chat import ChatService
+from hub.domains.devices import DeviceService
 from hub.domains.geo import FilterConfig
 from hub.domains.inventory import InventoryService
 from hub.domains.location import LocationConfig, LocationService, PositionBook
@@ -31,6 +32,7 @@ class Services:
     presence: PresenceRegistry
     inventory: InventoryService
     location: LocationService
+    devices: DeviceService
 
 
 def location_config(settings: Settings) -> LocationConfig:
@@ -81,4 +83,5 @@ def build_services(
         presence=PresenceRegistry(fanout, presence),
         inventory=InventoryService(store, store, store, notifications, fanout),
         location=location,
+        devices=DeviceService(notifications),
     )

@@ -39,6 +39,7 @@ TRACK_WATCH: Final = "track.watch"
 TRACK_UNWATCH: Final = "track.unwatch"
 TRACK_HISTORY: Final = "track.history"
 DISPATCH_NEARBY: Final = "dispatch.nearby"
+DEVICE_HEALTH: Final = "device.health"
 
 # server -> client
 WELCOME: Final = "welcome"
@@ -83,6 +84,7 @@ CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     TRACK_UNWATCH: m.TrackRequest,
     TRACK_HISTORY: m.TrackHistoryRequest,
     DISPATCH_NEARBY: m.NearbyRequest,
+    DEVICE_HEALTH: m.DeviceHealthReport,
 }
 """Client event -> the Struct its single argument must decode into."""
 
@@ -114,6 +116,7 @@ CLIENT_EVENT_REPLIES: Final[dict[str, type[m.Frame] | None]] = {
     TRACK_UNWATCH: None,
     TRACK_HISTORY: m.TrackHistory,
     DISPATCH_NEARBY: m.NearbyDrivers,
+    DEVICE_HEALTH: m.DeviceHealthAccepted,
 }
 """Client event -> the Struct in ``AckOk.data`` (None: data is null)."""
 

@@ -589,6 +589,40 @@ class Wishlist(Frame):
     items: list[WishlistItem]
 
 
+# ---------------------------------------------------------------- devices
+
+MAX_HEALTH_DETAIL_CHARS = 200
+SensorState = Literal["ok", "silent", "invalid"]
+SENSOR_STATES: tuple[str, ...] = ("ok", "silent", "invalid")
+
+
+class DeviceHealthReport(Request, kw_only=True):
+    """``device.health`` (devices, own boutique): a shelf sensor changed health.
+
+    ``silent``: it stopped reporting; ``invalid``: it reports nonsense (negative, NaN,
+    beyond the shelf's capacity), which is never turned into stock changes; ``ok``: it
+    recovered. The boutique's staff inbox gets one ``device`` notification per
+    ``event_id``, so redelivering a report is harmless. ``ts``: when the gateway saw
+    the change (ms since the Unix epoch).
+    """
+
+    event_id: Id
+    boutique_id: Id
+    shelf: Id
+    sensor: Id
+    sku: Id
+    state: SensorState
+    detail: Annotated[str, msgspec.Meta(max_length=MAX_HEALTH_DETAIL_CHARS)] = ""
+    ts: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class DeviceHealthAccepted(Frame):
+    """Ack data of ``device.health``: the staff notification it became."""
+
+    notification_id: str
+    duplicate: bool
+
+
 # ---------------------------------------------------------------- location
 
 

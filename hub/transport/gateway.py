@@ -421,7 +421,7 @@ class SocketGateway:
         return table
 
     def _logistics_handlers(self) -> dict[str, Handler]:
-        """Handlers of the inventory, wishlist and location events."""
+        """Handlers of the inventory, wishlist, location and device events."""
         s = self._services
 
         async def stock_update(p: Principal, _sid: str, r: m.StockUpdateRequest) -> m.Frame:
@@ -483,6 +483,11 @@ class SocketGateway:
         async def dispatch_nearby(p: Principal, _sid: str, r: m.NearbyRequest) -> m.Frame:
             return await s.location.nearby(p, r)
 
+        async def device_health(p: Principal, _sid: str, r: m.DeviceHealthReport) -> m.Frame:
+            accepted = await s.devices.report(p, r)
+            self._metrics.count_device_health(r.state, accepted.duplicate)
+            return accepted
+
         return {
             events.STOCK_UPDATE: stock_update,
             events.STOCK_WATCH: stock_watch,
@@ -497,6 +502,7 @@ class SocketGateway:
             events.TRACK_UNWATCH: track_unwatch,
             events.TRACK_HISTORY: track_history,
             events.DISPATCH_NEARBY: dispatch_nearby,
+            events.DEVICE_HEALTH: device_health,
         }
 
     # ------------------------------------------------------------------ watchdog
