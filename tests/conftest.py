@@ -18,6 +18,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from tests.support.hub import RunningHub, start_hub
 from tests.support.mongo import SecantusServer
+from tests.support.mosquitto import MosquittoServer
 from tests.support.redis import RedisServer
 
 
@@ -63,6 +64,15 @@ async def hub(hub_factory) -> RunningHub:  # type: ignore[no-untyped-def]
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     """A fresh ``redis-server`` on a random port; tests may ``kill()`` and ``start()`` it again."""
     server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture
+async def mosquitto(tmp_path: Path) -> AsyncIterator[MosquittoServer]:
+    """A fresh Mosquitto broker on a random port (persistent sessions); tests may stop/kill and restart it."""
+    server = MosquittoServer(tmp_path / "mosquitto")
     await server.start()
     yield server
     await server.stop()
