@@ -12,10 +12,12 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge.config import ConfigError, GatewayConfig, load_config
 from edge.simulate import FAIL_MODES
@@ -127,9 +129,18 @@ def _run(cfg: GatewayConfig, args: argparse.Namespace) -> int:
         f" broker {cfg.mqtt.host}:{cfg.mqtt.port}, hub {cfg.hub.url}, outbox {cfg.outbox.path}",
         file=sys.stderr,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(Gateway(cfg, token).run())
+    uvloop.run(_until_signalled(Gateway(cfg, token).run()))
     return 0
+
+
+async def _until_signalled(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until SIGINT or SIGTERM, then cancel it so it closes the outbox cleanly."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _status(cfg: GatewayConfig, *, as_json: bool) -> int:

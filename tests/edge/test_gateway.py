@@ -167,6 +167,8 @@ async def test_gateway_killed_mid_drain_resumes_without_loss_or_repeat(
             await publish_until(sim, drained_and_equal, what="hub equal to the shelves after the restart")
             inventory = await hub_inventory(hub.url, staff)
             assert_each_event_once(inventory.entries, (await outbox_status(config)))
+            await gateway.stop()  # SIGTERM: a clean exit
+            assert gateway.proc is not None and gateway.proc.returncode == 0, gateway.output()
     finally:
         await gateway.stop()
         print(gateway.output()[-3000:])
