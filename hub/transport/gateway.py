@@ -311,8 +311,11 @@ class SocketGateway:
 
     async def _on_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         conn = self._connections.get(sid)
-        if conn is None or conn.closing:
+        if conn is None:
             return _fail(ErrorCode.UNAUTHENTICATED, "not connected")
+        if conn.closing:
+            # Temporary: the client should reconnect and send it again, not give the request up.
+            return _fail(ErrorCode.UNAVAILABLE, "this connection is closing; reconnect and retry")
         self._metrics.events_in.labels(event if event in self._handlers else "unknown").inc()
         # The socket's own bucket decides who gets strikes; the shared one is the user's budget,
         # so a polite socket is refused (never disconnected) while the user's other device floods.

@@ -88,3 +88,27 @@ async def test_sigterm_closes_sessions_with_server_shutdown_and_keeps_the_data(
 
     second.signal(signal.SIGTERM)
     assert await second.wait(timeout=30) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_request_on_a_closing_connection_is_deferred_not_refused(hub) -> None:
+    """Between session.closing and the socket's end, requests get a temporary error, so a
+    client (the edge uplink, the console outbox) keeps them and resends after reconnecting."""
+    import socketio
+
+    from hub.app import GATEWAY
+
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(
+        hub.url, auth={"token": hub.token("device", "gw1", "b1")}, transports=["websocket"], wait_timeout=10
+    )
+    try:
+        gateway = hub.app[GATEWAY]
+        for conn in gateway._connections.values():  # the hub is closing this socket
+            conn.closing = True
+        update = {"type": "stock.set", "event_id": "e1", "boutique_id": "b1", "sku": "mug", "level": 3}
+        reply = await sio.call("stock.update", {"updates": [update]}, timeout=10)
+        assert reply["ok"] is False
+        assert reply["error"]["name"] == "unavailable" and reply["error"]["temporary"] is True
+    finally:
+        await sio.disconnect()
