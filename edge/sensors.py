@@ -18,31 +18,57 @@ Every reading is one of:
   below 0); beyond capacity (weight: ``r > capacity + 0.5``, i.e. nearer to more units than
   the shelf holds; count: above ``capacity``); a count that is not a whole number.
 
+Time runs only through the calls: each :meth:`~ShelfTracker.observe` and
+:meth:`~ShelfTracker.tick` checks every rule below at its ``now``, so a deadline is met at
+the first call at or after it (the gateway ticks every ``tick_s``). When no reading arrives,
+the last one stands: it is "the reading in force" until the next one (sensors that publish
+only on change are common).
+
 Debounce and hysteresis. The level (the last count emitted) stays until readings clearly
-land on another count ``m``: ``m`` becomes a candidate when first seen clear at ``t0``, and
-is emitted as one :class:`StockChange` by :meth:`~ShelfTracker.observe` or
-:meth:`~ShelfTracker.tick` once ``now - t0 >= settle_s``, provided every reading since was
-clear at ``m``. A reading clear at another count starts a new candidate; an ambiguous or
-invalid reading, or one back at the current level, drops the candidate. So jitter within
-the bands, or a hand resting for less than ``settle_s``, changes nothing, and a hand resting
-longer gives at most one change and one change back. A tracker whose memory has no level
-emits the first settled count, so the hub learns the shelf's state.
+land on another count ``m``. ``m`` becomes the *candidate* (:attr:`~ShelfTracker.pending`)
+at ``t0``, the first reading clear at ``m``, and is emitted as one :class:`StockChange` at
+the first call with ``now - t0 >= settle_s``. In between:
 
-Health (one :class:`HealthChange` per transition, never repeated):
+* a reading clear at ``m`` keeps the candidate (and its ``t0``);
+* a reading clear at another count ``k`` makes ``k`` the candidate from that reading;
+* an ambiguous reading, or one clear at the current level, drops the candidate;
+* an invalid reading changes nothing: garbage neither confirms, cancels nor restarts a
+  change, so valid readings that agree for ``settle_s`` settle even if garbage is
+  interleaved (a sensor alternating NaN and "3 units" moves the level to 3 after
+  ``settle_s`` and is reported invalid, see below).
 
-* ``invalid``: every reading for at least ``settle_s`` was invalid (so a hand pressing on a
-  full shelf for a moment is not a broken sensor). Invalid readings never change the level.
-* ``silent``: no reading at all for ``silent_after_s`` (checked by ``tick``; measured from
-  construction until the first reading).
+So jitter within the bands, or a hand resting for less than ``settle_s``, changes nothing,
+and a hand resting longer gives at most one change and one change back. A tracker whose
+memory has no level emits the first settled count, so the hub learns the shelf's state.
+
+Health (one :class:`HealthChange` per transition, never repeated). An invalid reading opens
+a *trouble spell* unless one is open; the spell closes when health would return to ``ok``
+by the rule below (valid readings in force for ``settle_s``), or on silence.
+
+* ``invalid``: at the first call where all of these hold: (1) the reading in force is
+  invalid; (2) the open spell began (its first invalid reading) at least ``settle_s`` ago;
+  (3) at least half of the window's readings were invalid, the window being the readings
+  with time in ``(now - settle_s, now]`` plus the one in force at ``now - settle_s``.
+  Hence a continuous stream of nonsense is reported ``settle_s`` after it began, a sensor
+  whose readings are garbage half of the time is reported, and a burst of nonsense shorter
+  than ``settle_s`` with valid readings for ``settle_s`` before and after it (like a hand
+  pressing briefly on a full shelf) is not: during the burst (2) fails, after it (1).
+  Invalid readings never change the level. A tracker keeps only the window's readings.
+* ``silent``: no reading for ``silent_after_s``, measured from the last reading, or from
+  construction or :meth:`~ShelfTracker.resume`, whichever is latest; never reported between
+  :meth:`~ShelfTracker.pause` and ``resume`` (the gateway pauses while its broker link is
+  down, so a lost broker is not every sensor going silent). Silence drops the candidate
+  and any spell.
 * ``ok`` again: from ``silent``, on the first valid (clear or ambiguous) reading; from
-  ``invalid``, once every reading for at least ``settle_s`` was valid.
+  ``invalid``, once no invalid reading was in force for the last ``settle_s``, i.e. the first
+  valid reading after the last invalid one is ``settle_s`` old.
 
-The starting level and health come from :class:`SensorMemory`, so a restarted gateway
-neither re-sends a level the hub already has nor re-raises an alert already raised.
-
-When no reading arrives, the last one stands: ``tick`` settles a candidate, a run of invalid
-readings or a run of valid ones just as further identical readings would (sensors that
-publish only on change are common).
+The starting level, health and candidate come from :class:`SensorMemory`, so a restarted
+gateway neither re-sends a level the hub already has nor re-raises an alert already raised,
+and a change still settling when it stopped is not lost: the remembered candidate counts
+its ``t0`` from construction, so it settles ``settle_s`` after the restart unless readings
+drop or replace it. A remembered candidate equal to the level or outside ``0..capacity``
+(the config changed) is discarded.
 """
 
 from __future__ import annotations
@@ -50,6 +76,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import get_args
 
@@ -142,10 +169,12 @@ class HealthChange:
 
 @dataclass(frozen=True, slots=True)
 class SensorMemory:
-    """What the hub was last told about a sensor: its level (None: nothing yet) and health."""
+    """What the hub was last told about a sensor: its level (None: nothing yet) and health,
+    and the candidate level still settling when the gateway stopped (None: none)."""
 
     level: int | None = None
     health: str = "ok"
+    pending: int | None = None
 
 
 _STATES: tuple[SensorState, ...] = get_args(SensorState)
@@ -170,17 +199,16 @@ class ShelfTracker:
         self._silent_after_s = smoothing.silent_after_s
         self._level = memory.level
         self._health: SensorState = memory.health
-        self._last_reading_at = now
-        self._candidate: int | None = None
+        pending = memory.pending
+        keep = pending is not None and pending != memory.level and 0 <= pending <= cfg.capacity
+        self._candidate: int | None = pending if keep else None
         self._candidate_since = now
-        self._invalid_since: float | None = None
-        self._invalid_detail = ""
+        self._heard_at = now
+        self._paused = False
+        self._window: deque[tuple[float, bool]] = deque()
+        self._spell_since: float | None = None
         self._valid_since: float | None = None
-
-    @property
-    def config(self) -> SensorConfig:
-        """The sensor this tracker reads."""
-        return self._cfg
+        self._invalid_detail = ""
 
     @property
     def level(self) -> int | None:
@@ -192,23 +220,38 @@ class ShelfTracker:
         """The last health emitted (or remembered)."""
         return self._health
 
+    @property
+    def pending(self) -> int | None:
+        """The candidate level still settling; None when there is none. Persist it when it
+        changes (as :attr:`SensorMemory.pending`) so a restart does not lose the change."""
+        return self._candidate
+
+    def pause(self) -> None:
+        """Stop reporting silence until :meth:`resume`: readings are not reaching us, so
+        their absence says nothing about the sensor. Every other rule still applies."""
+        self._paused = True
+
+    def resume(self, now: float) -> None:
+        """End a pause (if any) and count silence from ``now``."""
+        self._paused = False
+        self._heard_at = now
+
     def observe(self, value: float, now: float) -> list[StockChange | HealthChange]:
         """Take one reading (grams for a weight sensor, units for a count sensor)."""
-        self._last_reading_at = now
+        self._heard_at = now
         verdict = self._classify(value)
+        self._window.append((now, isinstance(verdict, str)))
         events: list[StockChange | HealthChange] = []
         if isinstance(verdict, str):
-            self._candidate = None
             self._valid_since = None
-            if self._invalid_since is None:
-                self._invalid_since = now
+            if self._spell_since is None:
+                self._spell_since = now
             self._invalid_detail = verdict
         else:
-            self._invalid_since = None
+            if self._valid_since is None:
+                self._valid_since = now
             if self._health == "silent":
                 events.append(self._set_health("ok", "readings resumed"))
-            elif self._health == "invalid" and self._valid_since is None:
-                self._valid_since = now
             if verdict is None or verdict == self._level:
                 self._candidate = None
             elif verdict != self._candidate:
@@ -219,26 +262,33 @@ class ShelfTracker:
 
     def tick(self, now: float) -> list[StockChange | HealthChange]:
         """Let time pass without a reading: settle what has waited ``settle_s``, and report
-        the sensor silent once nothing was read for ``silent_after_s``."""
+        the sensor silent once nothing was read for ``silent_after_s`` (unless paused)."""
         events = self._settle(now)
-        if self._health != "silent" and now - self._last_reading_at >= self._silent_after_s:
+        if not self._paused and self._health != "silent" and now - self._heard_at >= self._silent_after_s:
             self._candidate = None
-            self._invalid_since = None
+            self._window.clear()
+            self._spell_since = None
             self._valid_since = None
             events.append(self._set_health("silent", f"no reading for {self._silent_after_s:g} s"))
         return events
 
     def _settle(self, now: float) -> list[StockChange | HealthChange]:
         events: list[StockChange | HealthChange] = []
+        window = self._window
+        while len(window) > 1 and window[1][0] <= now - self._settle_s:
+            window.popleft()
         if (
-            self._invalid_since is not None
+            self._spell_since is not None
+            and self._valid_since is None
             and self._health != "invalid"
-            and now - self._invalid_since >= self._settle_s
+            and now - self._spell_since >= self._settle_s
+            and 2 * sum(invalid for _, invalid in window) >= len(window)
         ):
             events.append(self._set_health("invalid", self._invalid_detail))
         if self._valid_since is not None and now - self._valid_since >= self._settle_s:
-            self._valid_since = None
-            events.append(self._set_health("ok", "readings valid again"))
+            self._spell_since = None
+            if self._health == "invalid":
+                events.append(self._set_health("ok", "readings valid again"))
         if self._candidate is not None and now - self._candidate_since >= self._settle_s:
             self._level = self._candidate
             self._candidate = None

@@ -49,8 +49,10 @@ def tracker(
     level: int | None = 5,
     health: str = "ok",
     smoothing: SmoothingConfig = SMOOTHING,
+    memory_pending: int | None = None,
 ) -> ShelfTracker:
-    return ShelfTracker(cfg, smoothing, SensorMemory(level=level, health=health), now=0.0)
+    memory = SensorMemory(level=level, health=health, pending=memory_pending)
+    return ShelfTracker(cfg, smoothing, memory, now=0.0)
 
 
 def every(start: float, end: float, value: float | Iterable[float], step: float = 0.25) -> Readings:
@@ -61,9 +63,10 @@ def every(start: float, end: float, value: float | Iterable[float], step: float 
     return [(start + i * step, values[i % len(values)]) for i in range(n)]
 
 
-def drive(t: ShelfTracker, readings: Readings, until: float) -> list[Timed]:
-    """Feed ``readings`` in time order with a tick every TICK s up to ``until``; every event with its time."""
-    ticks = [(k * TICK, 1, math.nan) for k in range(round(until / TICK) + 1)]
+def drive(t: ShelfTracker, readings: Readings, until: float, start: float = 0.0) -> list[Timed]:
+    """Feed ``readings`` in time order with a tick every TICK s from ``start`` to ``until``;
+    every event with its time."""
+    ticks = [(start + k * TICK, 1, math.nan) for k in range(round((until - start) / TICK) + 1)]
     steps = sorted([(at, 0, value) for at, value in readings] + ticks)
     out: list[Timed] = []
     for at, is_tick, value in steps:
@@ -136,13 +139,36 @@ def test_a_reading_back_at_the_level_cancels_the_candidate() -> None:
     assert out == [(2.0 + SETTLE, StockChange("tea", 3))]
 
 
-@pytest.mark.parametrize(
-    "interruption", [grams(3.5), math.nan, grams(-2)], ids=["ambiguous", "nan", "negative"]
-)
-def test_an_unclear_reading_restarts_the_wait(interruption: float) -> None:
-    readings = [*every(0.0, 1.75, grams(3)), (1.75, interruption), *every(2.0, 10.0, grams(3))]
+def test_an_ambiguous_reading_restarts_the_wait() -> None:
+    readings = [*every(0.0, 1.75, grams(3)), (1.75, grams(3.5)), *every(2.0, 10.0, grams(3))]
     out = drive(tracker(level=5), readings, until=10.0)
     assert out == [(2.0 + SETTLE, StockChange("tea", 3))]
+
+
+@pytest.mark.parametrize(
+    "garbage", [math.nan, grams(-2), grams(13)], ids=["nan", "negative", "beyond-capacity"]
+)
+def test_a_lone_invalid_reading_neither_cancels_nor_restarts_the_wait(garbage: float) -> None:
+    t = tracker(level=5)
+    assert t.observe(grams(3), 0.0) == []
+    assert (t.observe(garbage, 1.0), t.pending) == ([], 3)
+    readings = [(1.25, grams(3)), (1.5, garbage), *every(1.75, 10.0, grams(3))]
+    assert drive(t, readings, until=10.0) == [(SETTLE, StockChange("tea", 3))]
+    assert t.health == "ok"
+
+
+def test_pending_is_the_candidate_while_it_settles() -> None:
+    t = tracker(level=5)
+    assert t.pending is None
+    t.observe(grams(3), 0.0)
+    assert t.pending == 3
+    t.observe(grams(2), 0.5)
+    assert t.pending == 2
+    t.observe(grams(2.5), 1.0)
+    assert t.pending is None
+    t.observe(grams(4), 1.25)
+    assert t.tick(3.25) == [StockChange("tea", 4)]
+    assert (t.level, t.pending) == (4, None)
 
 
 def test_a_change_to_another_count_restarts_the_wait() -> None:
@@ -208,12 +234,60 @@ def test_a_brief_burst_of_nonsense_raises_nothing() -> None:
 
 
 def test_flaky_sensor_stays_invalid_until_valid_for_settle() -> None:
-    # Valid runs of 1 s between invalid ones never reach settle_s: no ok, no stock.
+    """Valid runs of 1 s between invalid ones never reach settle_s, so no ok; the valid
+    readings all say 4, and garbage does not cancel them, so the level moves once."""
     pattern = every(0.0, 3.0, math.inf)
     for start in range(3, 30, 2):
         pattern += every(start, start + 1.0, grams(4)) + every(start + 1.0, start + 2.0, math.inf)
     out = drive(tracker(level=5), pattern, until=30.0)
-    assert out == [(SETTLE, HealthChange("invalid", "reading inf"))]
+    assert out == [(SETTLE, HealthChange("invalid", "reading inf")), (3.0 + SETTLE, StockChange("tea", 4))]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "three", "sku"), [(WEIGHT, grams(3), "tea"), (COUNT, 3.0, "honey")], ids=["weight", "count"]
+)
+def test_alternating_garbage_and_valid_readings_is_invalid_and_the_valid_ones_count(
+    cfg: SensorConfig, three: float, sku: str
+) -> None:
+    """Ten minutes of NaN, 3, NaN, 3...: half the readings are garbage, so one invalid at
+    settle_s; the valid ones agree on 3 for settle_s, so the level moves once, to 3."""
+    t = tracker(cfg, level=5)
+    out = drive(t, every(0.0, 600.0, [math.nan, three]), until=600.0)
+    assert out == [(SETTLE, HealthChange("invalid", "reading nan")), (0.25 + SETTLE, StockChange(sku, 3))]
+    assert (t.level, t.health, t.pending) == (3, "invalid", None)
+
+
+def test_half_garbage_at_uneven_times_is_invalid() -> None:
+    # NaN at whole seconds, a valid reading 0.125 s after each: the valid one stands 7/8 of the time.
+    readings = [(k + d, v) for k in range(60) for d, v in ((0.0, math.nan), (0.125, grams(5)))]
+    out = drive(tracker(level=5), readings, until=60.0)
+    assert out == [(SETTLE, HealthChange("invalid", "reading nan"))]
+
+
+def test_garbage_in_a_third_of_the_readings_is_tolerated() -> None:
+    """Fewer than half invalid: no alert, and the valid readings still move the level."""
+    t = tracker(level=5)
+    out = drive(t, every(0.0, 600.0, [grams(3), grams(3), math.nan]), until=600.0)
+    assert out == [(SETTLE, StockChange("tea", 3))]
+    assert t.health == "ok"
+
+
+def test_short_bursts_that_keep_coming_back_are_one_spell() -> None:
+    # 1.5 s of nonsense, 0.5 s valid, nonsense again: the spell began at 0 and did not close.
+    readings = every(0.0, 1.5, -1.0) + every(1.5, 2.0, grams(5)) + every(2.0, 3.5, -1.0)
+    readings += every(3.5, 10.0, grams(5))
+    out = drive(tracker(level=5), readings, until=10.0)
+    assert out == [
+        (SETTLE, HealthChange("invalid", "reading -1.0 g is negative")),
+        (3.5 + SETTLE, HealthChange("ok", "readings valid again")),
+    ]
+
+
+def test_a_burst_after_a_closed_spell_starts_a_new_one() -> None:
+    # Two 1.5 s bursts with more than settle_s of valid readings between them: each is brief.
+    readings = every(0.0, 1.5, -1.0) + every(1.5, 4.0, grams(5)) + every(4.0, 5.5, -1.0)
+    readings += every(5.5, 10.0, grams(5))
+    assert drive(tracker(level=5), readings, until=10.0) == []
 
 
 def test_hand_on_a_full_shelf_is_not_a_broken_sensor_unless_it_persists() -> None:
@@ -246,6 +320,23 @@ def test_silence_is_measured_from_construction_when_nothing_arrives() -> None:
     assert t.tick(1200.0) == []
 
 
+def test_paused_tracker_reports_no_silence_and_resume_restarts_the_timer() -> None:
+    t = tracker(level=5)
+    assert t.observe(grams(5), 0.0) == []
+    t.pause()
+    assert [e for k in range(2000) for e in t.tick(k * TICK)] == []
+    t.resume(500.0)
+    assert t.tick(500.0 + SILENT - TICK) == []
+    assert t.tick(500.0 + SILENT) == [HealthChange("silent", "no reading for 60 s")]
+
+
+def test_pause_still_settles_a_pending_change() -> None:
+    t = tracker(level=5)
+    t.observe(grams(3), 0.0)
+    t.pause()
+    assert t.tick(SETTLE) == [StockChange("tea", 3)]
+
+
 def test_an_ambiguous_reading_ends_silence() -> None:
     t = tracker(level=5, health="silent")
     assert t.observe(grams(5.5), 1.0) == [HealthChange("ok", "readings resumed")]
@@ -262,6 +353,39 @@ def test_restart_does_not_re_raise_a_remembered_alert() -> None:
     assert still_invalid == []
     still_silent = drive(tracker(level=5, health="silent"), [], until=200.0)
     assert still_silent == []
+
+
+def test_a_remembered_pending_change_settles_settle_s_after_restart() -> None:
+    t = ShelfTracker(WEIGHT, SMOOTHING, SensorMemory(level=5, pending=3), now=100.0)
+    assert t.pending == 3
+    assert t.tick(100.0 + SETTLE - TICK) == []
+    assert t.tick(100.0 + SETTLE) == [StockChange("tea", 3)]
+    assert (t.level, t.pending) == (3, None)
+
+
+def test_agreeing_readings_after_restart_do_not_restart_the_wait() -> None:
+    t = ShelfTracker(WEIGHT, SMOOTHING, SensorMemory(level=None, pending=3), now=100.0)
+    assert t.observe(grams(3), 101.0) == []
+    assert t.observe(grams(3), 102.0) == [StockChange("tea", 3)]
+
+
+@pytest.mark.parametrize(
+    ("reading", "outcome"),
+    [(grams(5), []), (grams(4.5), []), (grams(2), [(101.0 + SETTLE, StockChange("tea", 2))])],
+    ids=["back-at-level", "ambiguous", "another-count"],
+)
+def test_readings_after_restart_drop_or_replace_a_remembered_pending(
+    reading: float, outcome: list[Timed]
+) -> None:
+    t = ShelfTracker(WEIGHT, SMOOTHING, SensorMemory(level=5, pending=3), now=100.0)
+    assert drive(t, [(101.0, reading)], until=110.0, start=100.0) == outcome
+
+
+@pytest.mark.parametrize("pending", [5, 13, -1], ids=["at-level", "beyond-capacity", "negative"])
+def test_a_remembered_pending_that_cannot_be_a_change_is_discarded(pending: int) -> None:
+    t = tracker(level=5, memory_pending=pending)
+    assert t.pending is None
+    assert drive(t, every(0.0, 10.0, grams(5)), until=10.0) == []
 
 
 def test_memory_with_unknown_health_is_refused() -> None:
