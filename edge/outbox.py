@@ -9,8 +9,13 @@ Guarantees:
 - Order: pending items are peeked in the order they were put (``id`` order; ids are
   never reused).
 - An item leaves the pending table only by :meth:`Outbox.remove` (the hub acknowledged
-  it), :meth:`Outbox.reject` (the hub refused it for good; it moves to the dead letters)
-  or the full-outbox policy below.
+  it), :meth:`Outbox.reject` (the hub refused the request itself; it moves to the dead
+  letters) or the full-outbox policy below.
+- One writer: :meth:`Outbox.open` holds an exclusive ``flock`` on ``<path>.lock`` until
+  :meth:`Outbox.close`, so a second gateway configured with the same file fails at start
+  instead of interleaving versions and deliveries. :func:`read_status` takes no lock.
+- Failures: a SQLite error while the outbox is open (disk full, I/O error) raises
+  :class:`OutboxError` naming the file, with the change rolled back as a whole.
 - Versions: each stock event carries a source version from a persistent counter that
   strictly rises for the life of the file, across restarts. The counter never falls
   behind the wall clock in milliseconds, so a gateway whose outbox file was lost or
@@ -31,7 +36,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 import msgspec
 from ulid import ULID
@@ -81,7 +88,8 @@ CREATE TABLE IF NOT EXISTS sensors (
     level      INTEGER,
     health     TEXT NOT NULL,
     detail     TEXT NOT NULL,
-    updated_ts REAL NOT NULL
+    updated_ts REAL NOT NULL,
+    pending    INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -96,12 +104,14 @@ CREATE TABLE IF NOT EXISTS uplink (
 );
 INSERT OR IGNORE INTO uplink (id) VALUES (1);
 INSERT OR IGNORE INTO counters (name, value) VALUES
-    ('version', 0), ('created', 0), ('delivered', 0), ('coalesced', 0), ('dropped', 0), ('rejected', 0);
+    ('version', 0), ('created', 0), ('delivered', 0), ('coalesced', 0), ('dropped', 0), ('rejected', 0),
+    ('duplicate', 0), ('stale', 0);
 """
 
 
 class OutboxError(Exception):
-    """An outbox file that cannot be used: missing (for a reader), not an outbox, or another boutique's."""
+    """An outbox file that cannot be used: missing (for a reader), not an outbox, another
+    boutique's, in use by another gateway, or failing to write (disk full, I/O error)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +149,13 @@ class OutboxTotals:
     dropped: int
     """Health events deleted while full after coalescing freed no room."""
     rejected: int
-    """Moved to the dead letters because the hub refused them for good."""
+    """Moved to the dead letters because the hub refused the request itself."""
+    duplicate: int = 0
+    """Delivered stock events the hub had already applied (a resend after a lost ack)."""
+    stale: int = 0
+    """Delivered stock events the hub ignored: their version was not newer than the last it
+    applied from this gateway for the SKU (e.g. the outbox file was replaced and the clock
+    went back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +186,47 @@ def _connect(path: str) -> sqlite3.Connection:
 
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back if it raises."""
+    """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back if the
+    block or the commit raises. That error propagates, also when SQLite already rolled back
+    by itself (disk full)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback:
+                log.error("outbox: cannot roll back after %r: %s", exc, rollback)
         raise
-    conn.execute("COMMIT")
+
+
+def _lock(path: Path) -> int:
+    """Take the exclusive, non-blocking ``flock`` on ``<path>.lock`` and write our pid into it;
+    returns the lock file's descriptor (closing it releases the lock).
+
+    Raises:
+        OutboxError: another process (or another :class:`Outbox` here) holds the lock.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutboxError(f"cannot create the outbox lock file {lock_path}: {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise OutboxError(
+            f"outbox {path} is in use by another gateway{pid}: "
+            "stop it, or give this gateway its own outbox.path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
@@ -235,6 +284,9 @@ def _read_status(conn: sqlite3.Connection, now: float) -> OutboxStatus:
             coalesced=counters["coalesced"],
             dropped=counters["dropped"],
             rejected=counters["rejected"],
+            # Absent from a file no gateway of this version has opened yet.
+            duplicate=counters.get("duplicate", 0),
+            stale=counters.get("stale", 0),
         ),
         dead_letters=int(dead),
         sensors=sensors,
@@ -263,7 +315,8 @@ def read_status(path: Path) -> OutboxStatus:
 
 
 class Outbox:
-    """See the module docstring. Methods raise ``RuntimeError`` once :meth:`close` was called."""
+    """See the module docstring. Methods raise :class:`OutboxError` when SQLite fails (the
+    change is rolled back whole) and ``RuntimeError`` once :meth:`close` was called."""
 
     def __init__(self, path: Path, boutique: str, max_events: int) -> None:
         self.path = path
@@ -271,17 +324,19 @@ class Outbox:
         self.max_events = max_events
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-outbox")
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._items = asyncio.Event()
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, boutique: str, max_events: int) -> Outbox:
+    async def open(cls, path: Path, boutique: str, max_events: int) -> Self:
         """Open the outbox at ``path``, creating the file (and its directory) if needed.
 
         Raises:
             ValueError: ``max_events`` < 1.
-            OutboxError: the file cannot be opened as a database, or belongs to another
-                boutique (the hub would refuse all its pending events).
+            OutboxError: the file cannot be opened as a database, belongs to another
+                boutique (the hub would refuse all its pending events), or is open in
+                another gateway.
         """
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
@@ -289,13 +344,18 @@ class Outbox:
 
         def init() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            outbox._lock_fd = _lock(path)
             try:
-                conn = _connect(str(path))
-                conn.executescript(_SCHEMA)
-            except sqlite3.DatabaseError as exc:
-                raise OutboxError(f"{path} is not a usable edge outbox ({exc})") from None
-            try:
+                try:
+                    conn = _connect(str(path))
+                    conn.executescript(_SCHEMA)
+                except sqlite3.DatabaseError as exc:
+                    raise OutboxError(f"{path} is not a usable edge outbox ({exc})") from None
+                outbox._conn = conn
                 with _immediate(conn):
+                    columns = {row[1] for row in conn.execute("PRAGMA table_info(sensors)")}
+                    if "pending" not in columns:  # a file from before sensors remembered it
+                        conn.execute("ALTER TABLE sensors ADD COLUMN pending INTEGER")
                     conn.execute(
                         "INSERT OR IGNORE INTO meta (name, value) VALUES ('boutique', ?)", (boutique,)
                     )
@@ -306,22 +366,37 @@ class Outbox:
                         "give this gateway its own outbox.path"
                     )
             except BaseException:
-                conn.close()
+                outbox._release()
                 raise
-            outbox._conn = conn
 
         try:
             await outbox._run(init)
         except BaseException:
             outbox._closed = True
+            # Queued behind init, which is still running if open() was cancelled.
+            outbox._pool.submit(outbox._release)
             outbox._pool.shutdown(wait=False)
             raise
         return outbox
 
+    def _release(self) -> None:
+        """Close the connection and drop the lock (on the worker thread; idempotent)."""
+        try:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise RuntimeError("outbox is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"edge outbox {self.path}: {exc}") from exc
 
     @property
     def _c(self) -> sqlite3.Connection:
@@ -331,7 +406,8 @@ class Outbox:
     # ------------------------------------------------------------------ puts
 
     async def put_stock(self, shelf: str, sensor: str, sku: str, level: int) -> str:
-        """Queue "``sku`` is at ``level``" and remember it as the sensor's level; returns the event id.
+        """Queue "``sku`` is at ``level``" and remember it as the sensor's level (clearing its
+        remembered pending change, now settled); returns the event id.
 
         Raises:
             ValueError: the event would not be a valid ``StockSet`` (nothing is stored).
@@ -352,9 +428,10 @@ class Outbox:
                 )
                 self._insert(conn, "stock", sku, event_id, payload, now)
                 conn.execute(
-                    "INSERT INTO sensors (key, sku, level, health, detail, updated_ts) "
-                    "VALUES (?, ?, ?, 'ok', '', ?) ON CONFLICT (key) DO UPDATE SET "
-                    "sku = excluded.sku, level = excluded.level, updated_ts = excluded.updated_ts",
+                    "INSERT INTO sensors (key, sku, level, health, detail, updated_ts, pending) "
+                    "VALUES (?, ?, ?, 'ok', '', ?, NULL) ON CONFLICT (key) DO UPDATE SET "
+                    "sku = excluded.sku, level = excluded.level, updated_ts = excluded.updated_ts, "
+                    "pending = NULL",
                     (f"{shelf}/{sensor}", sku, level, now),
                 )
 
@@ -402,6 +479,22 @@ class Outbox:
         self._items.set()
         return event_id
 
+    async def remember_pending(self, shelf: str, sensor: str, sku: str, pending: int | None) -> None:
+        """Remember the sensor's unsettled candidate level (None: none), so a restart resumes
+        its debounce; the next :meth:`put_stock` for the sensor clears it. Queues nothing."""
+
+        def run() -> None:
+            conn = self._c
+            with _immediate(conn):
+                conn.execute(
+                    "INSERT INTO sensors (key, sku, level, health, detail, updated_ts, pending) "
+                    "VALUES (?, ?, NULL, 'ok', '', ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "sku = excluded.sku, pending = excluded.pending",
+                    (f"{shelf}/{sensor}", sku, time.time(), pending),
+                )
+
+        await self._run(run)
+
     def _insert(
         self, conn: sqlite3.Connection, kind: ItemKind, key: str, event_id: str, payload: bytes, now: float
     ) -> None:
@@ -442,11 +535,14 @@ class Outbox:
     # ------------------------------------------------------------------ reads
 
     async def memories(self) -> dict[str, SensorMemory]:
-        """Each sensor's last level and health, by ``shelf/sensor``."""
+        """Each sensor's last level, health and pending candidate, by ``shelf/sensor``."""
 
         def run() -> dict[str, SensorMemory]:
-            rows = self._c.execute("SELECT key, level, health FROM sensors").fetchall()
-            return {key: SensorMemory(level=level, health=health) for key, level, health in rows}
+            rows = self._c.execute("SELECT key, level, health, pending FROM sensors").fetchall()
+            return {
+                key: SensorMemory(level=level, health=health, pending=pending)
+                for key, level, health, pending in rows
+            }
 
         return await self._run(run)
 
@@ -479,19 +575,23 @@ class Outbox:
 
     # ------------------------------------------------------------------ uplink side
 
-    async def remove(self, ids: Sequence[int]) -> None:
-        """Delete delivered items. Ids no longer pending (coalesced meanwhile) are skipped."""
+    async def remove(self, ids: Sequence[int], *, duplicate: int = 0, stale: int = 0) -> None:
+        """Delete delivered items, and add the hub's ``duplicate``/``stale`` answers among them
+        to the totals, in one transaction. Ids no longer pending (coalesced meanwhile) are skipped."""
 
         def run() -> None:
             conn = self._c
             with _immediate(conn):
                 removed = conn.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids]).rowcount
                 _bump(conn, "delivered", removed)
+                _bump(conn, "duplicate", duplicate)
+                _bump(conn, "stale", stale)
 
         await self._run(run)
 
     async def reject(self, ids: Sequence[int], error: str) -> None:
-        """Move items the hub refused for good to the dead letters, with ``error``."""
+        """Move items whose request the hub refused (not their connection or token) to the
+        dead letters, with ``error``."""
 
         def run() -> None:
             conn = self._c
@@ -529,10 +629,8 @@ class Outbox:
         if self._closed:
             return
 
-        def run() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
-        await self._run(run)
-        self._closed = True
-        self._pool.shutdown(wait=False)
+        try:
+            await self._run(self._release)
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=False)

@@ -5,9 +5,16 @@ Guarantees:
 - Order: items are sent in outbox order with one request in flight at a time: a run of
   consecutive stock events as one ``stock.update`` (up to ``batch``), a health event as
   one ``device.health``.
-- An item leaves the outbox only after the hub acknowledged it (``ok``: removed) or
-  refused it for good (an error that is not ``temporary``: moved to the outbox's dead
-  letters and logged at ERROR, so one poison batch cannot stall the queue).
+- Events are sent only on a connection whose ``welcome`` shows a ``device`` token of the
+  outbox's boutique. Any other token (another boutique's, a staff token) is logged at
+  ERROR and the link is closed before anything is sent.
+- An item leaves the outbox only after the hub acknowledged it (``ok``: removed, the
+  hub's ``duplicate``/``stale`` answers counted in the outbox totals, ``stale`` also
+  logged at WARNING) or refused the request itself (``bad_request``, ``invalid_id`` or
+  any other error that is neither ``temporary`` nor about the token: moved to the
+  outbox's dead letters and logged at ERROR, so one poison batch cannot stall the
+  queue). An error about the connection or the token (``unauthenticated``,
+  ``token_expired``, ``forbidden``) keeps the items: the uplink reconnects.
 - At least once, never applied twice: when an ack is lost (no ack in time, the socket
   dropped, the gateway died between the hub's commit and :meth:`Outbox.remove`), the
   same items, with the same event ids, are sent again. That is harmless: the hub applies
@@ -16,13 +23,11 @@ Guarantees:
   makes one staff notification per health ``event_id``.
 - Never dies silently: every failure is logged and retried after a capped, fully
   jittered backoff (:mod:`edge.backoff`: 0.5 s doubling to 30 s), reset by every
-  acknowledged delivery. Temporary errors (rate limit, hub busy) back off on the same connection;
-  a lost connection or a missing ack reconnects. ``CancelledError`` propagates.
-- ``token()`` is called at every connect, so a rotated token file takes effect at the
-  next reconnect: the hub drops the socket when the token in use expires, and the
-  uplink reconnects itself after the hub refused a batch as ``forbidden`` (a token of
-  another boutique), which also slows the loss to the dead letters to one batch per
-  backoff while the token is wrong.
+  acknowledged delivery. Temporary errors (rate limit, hub busy, connection closing) back
+  off on the same connection; a lost connection, a missing ack or welcome, a refused
+  token or a token of the wrong device reconnect. ``CancelledError`` propagates.
+- ``token()`` is called at every connect, so a fixed or rotated token file takes effect
+  at the next reconnect, and nothing is lost while the token is wrong.
 """
 
 from __future__ import annotations
@@ -42,12 +47,19 @@ from edge.outbox import Outbox, OutboxItem
 from protocol import events
 from protocol.codec import to_wire
 from protocol.errors import ErrorBody, ErrorCode
-from protocol.messages import DeviceHealthReport, StockSet, StockUpdateReply, StockUpdateRequest, Welcome
+from protocol.messages import (
+    DeviceHealthAccepted,
+    DeviceHealthReport,
+    StockSet,
+    StockUpdateReply,
+    StockUpdateRequest,
+    Welcome,
+)
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-"""Longest wait for the hub to accept the Socket.IO connection."""
+"""Longest wait for the hub to accept the Socket.IO connection, and then for its welcome."""
 
 
 class LinkLostError(Exception):
@@ -55,18 +67,27 @@ class LinkLostError(Exception):
 
 
 class TokenRejectedError(Exception):
-    """The hub refused the token: at the handshake (missing, invalid, expired) or, once
-    connected, refused its events as ``forbidden`` (a token of another boutique)."""
+    """The token cannot carry this gateway's events: the hub refused it at the handshake
+    (missing, invalid, expired) or refused an event as ``unauthenticated``,
+    ``token_expired`` or ``forbidden``, or its ``welcome`` names another role or boutique.
+    Reconnect after a backoff with ``token()`` read again; keep every item.
+
+    ``level`` is the logging level the failure deserves.
+    """
+
+    def __init__(self, message: str, level: int = logging.ERROR) -> None:
+        super().__init__(message)
+        self.level = level
 
 
 class _Link:
     """One Socket.IO connection to the hub (python-socketio's own reconnection is off)."""
 
-    def __init__(self, boutique: str) -> None:
-        self._boutique = boutique
+    def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.lost = asyncio.Event()
         self._refusal: Any = None
+        self._welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("connect_error", self._on_connect_error)
         self.sio.on(events.WELCOME, self._on_welcome)
@@ -78,18 +99,25 @@ class _Link:
         self._refusal = args[0] if args else None
 
     async def _on_welcome(self, data: Any) -> None:
+        if not self._welcome.done():
+            self._welcome.set_result(data)
+
+    async def welcome(self) -> Welcome:
+        """The hub's ``welcome`` frame (the first it sends on a connection).
+
+        Raises:
+            LinkLostError: the socket dropped, no welcome within ``CONNECT_TIMEOUT_S``, or one
+                not understood.
+        """
         try:
-            welcome = msgspec.convert(data, Welcome)
-        except msgspec.ValidationError:
-            return
-        if welcome.role != "device" or welcome.boutique != self._boutique:
-            log.error(
-                "uplink: the hub knows this token as %s of boutique %s, but this gateway is boutique %s: "
-                "the hub will refuse its events",
-                welcome.role,
-                welcome.boutique,
-                self._boutique,
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                data = await _unless_set(self.lost, self._welcome)
+        except TimeoutError:
+            raise LinkLostError(f"no welcome from the hub within {CONNECT_TIMEOUT_S:g} s") from None
+        try:
+            return msgspec.convert(data, Welcome)
+        except msgspec.ValidationError as exc:
+            raise LinkLostError(f"the hub's welcome was not understood: {exc}") from None
 
     async def connect(self, url: str, token: str) -> None:
         """Raises:
@@ -103,7 +131,9 @@ class _Link:
         except socketio.exceptions.ConnectionError:
             error = self._refusal.get("data") if isinstance(self._refusal, dict) else None
             if isinstance(error, dict) and error.get("code") in _TOKEN_ERRORS:
-                raise TokenRejectedError(f"{error.get('name')}: {error.get('message')}") from None
+                raise TokenRejectedError(
+                    f"hub rejected the device token: {error.get('name')}: {error.get('message')}"
+                ) from None
             raise
 
     async def call(self, event: str, data: Any, ack_timeout: float) -> Any:
@@ -129,7 +159,7 @@ class _Link:
 
 
 _TOKEN_ERRORS = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.TOKEN_EXPIRED, ErrorCode.FORBIDDEN})
-"""Handshake refusals that are about the token."""
+"""Refusals about the connection or its token, not the request: keep the items, reconnect."""
 _PAYLOAD_TYPES: dict[str, type[StockSet] | type[DeviceHealthReport]] = {
     "stock": StockSet,
     "health": DeviceHealthReport,
@@ -191,7 +221,7 @@ class Uplink:
         """Connect, drain, wait for more, reconnect after any failure; until cancelled."""
         while True:
             self._report("connecting")
-            link = _Link(self._outbox.boutique)
+            link = _Link()
             try:
                 failure = await self._attempt(link)
             finally:
@@ -210,11 +240,12 @@ class Uplink:
             return f"cannot read the device token: {exc}"
         try:
             await link.connect(self._url, token)
+            self._check(await link.welcome())
             log.info("uplink: connected to %s", self._url)
             await self._serve(link)
         except TokenRejectedError as exc:
-            log.error("uplink: hub rejected the device token: %s", exc)
-            return f"hub rejected the device token: {exc}"
+            log.log(exc.level, "uplink: %s", exc)
+            return str(exc)
         except LinkLostError as exc:
             log.warning("uplink: %s", exc)
             return str(exc)
@@ -224,6 +255,16 @@ class Uplink:
         except Exception as exc:
             log.exception("uplink: unexpected failure")
             return f"unexpected failure: {exc!r}"
+
+    def _check(self, welcome: Welcome) -> None:
+        """Raises :class:`TokenRejectedError` unless ``welcome`` shows a device token of our boutique."""
+        boutique = self._outbox.boutique
+        if welcome.role != "device" or welcome.boutique != boutique:
+            raise TokenRejectedError(
+                f"the hub knows this token as {welcome.role} {welcome.user!r} of boutique "
+                f"{welcome.boutique}, but this gateway is boutique {boutique}: sending nothing "
+                f"until the token file holds a device token of {boutique}"
+            )
 
     async def _serve(self, link: _Link) -> NoReturn:
         """Drain, then wait for new items, forever; raises :class:`LinkLostError` when the link fails."""
@@ -238,7 +279,12 @@ class Uplink:
             await self._deliver(link, items)
 
     async def _deliver(self, link: _Link, items: list[OutboxItem]) -> None:
-        """Send the run of items at the head of ``items`` and settle them by the hub's ack."""
+        """Send the run of items at the head of ``items`` and settle them by the hub's ack.
+
+        Raises:
+            LinkLostError: no ack (the items stay).
+            TokenRejectedError: the hub refused the connection's token (the items stay).
+        """
         head = items[0]
         if head.kind == "health":
             run, event = [head], events.DEVICE_HEALTH
@@ -264,14 +310,19 @@ class Uplink:
         reply = await link.call(event, to_wire(request), self._call_timeout)
         ok, data, error = _parse_ack(reply)
         if ok:
-            if event == events.STOCK_UPDATE:
-                self._count(data)
-            await self._outbox.remove([item.id for item in run])
+            duplicate, stale = self._count(event, data, decoded)
+            await self._outbox.remove([item.id for item in run], duplicate=duplicate, stale=stale)
             await self._outbox.record_uplink(True)
             self._failures = 0  # a hub that throttles a long backlog must not push the waits to the cap
             return
         assert error is not None
         text = f"{event}: {error.name} ({error.code}): {error.message}"
+        if error.code in _TOKEN_ERRORS:
+            raise TokenRejectedError(
+                f"the hub refused the token for {text}; keeping the {len(run)} event(s), "
+                "reconnecting with the token read again",
+                logging.WARNING if error.code == ErrorCode.TOKEN_EXPIRED else logging.ERROR,
+            )
         if error.temporary:
             log.warning("uplink: the hub deferred %d event(s), will retry: %s", len(run), text)
             await self._outbox.record_uplink(False, text)
@@ -279,10 +330,6 @@ class Uplink:
             await jittered_backoff(self._failures)
             return
         await self._refused(run, text)
-        if error.code == ErrorCode.FORBIDDEN:
-            # The token does not speak for this boutique: reconnect (after a backoff) with
-            # token() read again, so a fixed token file stops the loss.
-            raise TokenRejectedError(text)
 
     async def _refused(self, run: list[OutboxItem], text: str) -> None:
         events_text = (
@@ -291,7 +338,7 @@ class Uplink:
             else f"{run[0].event_id} .. {run[-1].event_id}"
         )
         log.error(
-            "uplink: the hub refused %d event(s) for good; moved to the dead letters: %s (events %s)",
+            "uplink: the hub refused %d event(s); moved to the dead letters: %s (events %s)",
             len(run),
             text,
             events_text,
@@ -299,15 +346,35 @@ class Uplink:
         await self._outbox.reject([item.id for item in run], text)
         await self._outbox.record_uplink(False, text)
 
-    def _count(self, data: Any) -> None:
+    def _count(self, event: str, data: Any, sent: list[StockSet | DeviceHealthReport]) -> tuple[int, int]:
+        """``(duplicate, stale)`` among the events the hub acknowledged with ``data``; logs each stale one."""
+        if event == events.DEVICE_HEALTH:
+            try:
+                return int(msgspec.convert(data, DeviceHealthAccepted).duplicate), 0
+            except msgspec.ValidationError as exc:
+                log.warning("uplink: unexpected %s ack data: %s", event, exc)
+                return 0, 0
         try:
             reply = msgspec.convert(data, StockUpdateReply)
         except msgspec.ValidationError as exc:
-            log.warning("uplink: unexpected stock.update ack data: %s", exc)
-            return
+            log.warning("uplink: unexpected %s ack data: %s", event, exc)
+            return 0, 0
+        versions = {event.event_id: event.version for event in sent if isinstance(event, StockSet)}
+        outcomes: Counter[str] = Counter()
         for result in reply.results:
             outcome = "applied" if result.applied else "duplicate" if result.duplicate else "stale"
-            self.outcomes[outcome] += 1
+            outcomes[outcome] += 1
+            if outcome == "stale":
+                log.warning(
+                    "uplink: the hub ignored a stale stock event for %s: version %s is not newer than "
+                    "the hub's version %d (event %s)",
+                    result.sku,
+                    versions.get(result.event_id),
+                    result.version,
+                    result.event_id,
+                )
+        self.outcomes.update(outcomes)
+        return outcomes["duplicate"], outcomes["stale"]
 
 
 _UNREADABLE_ACK = ErrorBody(

@@ -214,14 +214,148 @@ async def test_another_boutiques_outbox_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_wait_for_items_returns_once_something_is_pending(outbox: Outbox) -> None:
+async def test_wait_for_items_blocks_while_empty_and_returns_after_a_put(outbox: Outbox) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(outbox.wait_for_items(), 0.2)
     waiter = asyncio.create_task(outbox.wait_for_items())
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not waiter.done()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(waiter), 0.2)
     await outbox.put_stock("s1", "w1", "sku-a", 1)
     await asyncio.wait_for(waiter, 10)
+    # Something pending: returns at once, however often it is asked.
     await asyncio.wait_for(outbox.wait_for_items(), 10)
+    await asyncio.wait_for(outbox.wait_for_items(), 10)
+    await outbox.remove([i.id for i in await outbox.peek(10)])
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(outbox.wait_for_items(), 0.2)
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_fails_the_put_whole_and_leaves_the_outbox_usable(outbox: Outbox) -> None:
+    await outbox.put_stock("s1", "w1", "sku-a", 1)
+
+    def fill_to_the_brim() -> None:
+        # A connection's own page limit is the portable way to make SQLite see a full disk;
+        # it has to be set on the outbox's connection, on its thread.
+        conn = outbox._c
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+
+    await outbox._run(fill_to_the_brim)
+    before = await outbox.status()
+    level = 1
+    with pytest.raises(OutboxError, match="full") as raised:
+        while level < 10_000:  # fills the free space of the last pages, then fails
+            level += 1
+            await outbox.put_stock("s1", "w1", "sku-a", level)
+    assert "rollback" not in str(raised.value)
+    after = await outbox.status()
+    # Nothing half-written: every put before the failing one is whole, the failing one is absent.
+    assert after.depth == after.totals.created == level - 1 > before.depth
+    assert levels(await outbox.peek(10_000))[-1] == ("sku-a", level - 1)
+    assert (await outbox.memories())["s1/w1"].level == level - 1
+
+    await outbox.remove([i.id for i in await outbox.peek(10_000)])
+    assert (await outbox.status()).totals.delivered == level - 1
+    await outbox.put_stock("s1", "w1", "sku-a", 0)  # the freed pages are reused
+    assert levels(await outbox.peek(10)) == [("sku-a", 0)]
+
+
+@pytest.mark.asyncio
+async def test_a_second_gateway_on_the_same_outbox_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    first = await Outbox.open(path, "b1", max_events=10)
+    try:
+        await first.put_stock("s1", "w1", "sku-a", 1)
+        with pytest.raises(
+            OutboxError, match=rf"outbox .*outbox\.db is in use by another gateway \(pid {os.getpid()}\)"
+        ):
+            await Outbox.open(path, "b1", max_events=10)
+        # `soko edge status` still reads it meanwhile, and the first gateway goes on.
+        assert (await asyncio.to_thread(read_status, path)).depth == 1
+        await first.put_stock("s1", "w1", "sku-a", 2)
+    finally:
+        await first.close()
+    second = await Outbox.open(path, "b1", max_events=10)
+    try:
+        assert levels(await second.peek(10)) == [("sku-a", 1), ("sku-a", 2)]
+    finally:
+        await second.close()
+    # A failed open (another boutique's file) does not keep the lock either.
+    with pytest.raises(OutboxError, match="outbox of boutique"):
+        await Outbox.open(path, "b2", max_events=10)
+    await (await Outbox.open(path, "b1", max_events=10)).close()
+
+
+@pytest.mark.asyncio
+async def test_a_sensors_pending_change_is_remembered_until_a_put_settles_it(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = await Outbox.open(path, "b1", max_events=100)
+    await box.put_stock("s1", "w1", "sku-a", 7)
+    await box.remember_pending("s1", "w1", "sku-a", 5)
+    await box.remember_pending("s2", "w2", "sku-b", 3)  # a sensor that never settled a level yet
+    await box.close()
+
+    box = await Outbox.open(path, "b1", max_events=100)
+    try:
+        assert await box.memories() == {
+            "s1/w1": SensorMemory(level=7, health="ok", pending=5),
+            "s2/w2": SensorMemory(level=None, health="ok", pending=3),
+        }
+        assert await box.depth() == 1  # remembering queues nothing
+        await box.put_stock("s1", "w1", "sku-a", 5)
+        await box.put_health("s2", "w2", "sku-b", "silent", "", 1)
+        await box.remember_pending("s2", "w2", "sku-b", None)
+        memories = await box.memories()
+        assert memories["s1/w1"] == SensorMemory(level=5, health="ok", pending=None)
+        assert memories["s2/w2"] == SensorMemory(level=None, health="silent", pending=None)
+    finally:
+        await box.close()
+
+
+@pytest.mark.asyncio
+async def test_an_outbox_from_before_pending_opens_and_keeps_its_memories(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = await Outbox.open(path, "b1", max_events=100)
+    await box.put_stock("s1", "w1", "sku-a", 4)
+    await box.close()
+
+    def make_it_old() -> None:
+        conn = sqlite3.connect(path)
+        conn.execute("ALTER TABLE sensors DROP COLUMN pending")
+        conn.execute("DELETE FROM counters WHERE name IN ('duplicate', 'stale')")
+        conn.commit()
+        conn.close()
+
+    await asyncio.to_thread(make_it_old)
+    old = await asyncio.to_thread(read_status, path)
+    assert (old.depth, old.totals.stale, old.totals.duplicate) == (1, 0, 0)
+
+    box = await Outbox.open(path, "b1", max_events=100)
+    try:
+        assert await box.memories() == {"s1/w1": SensorMemory(level=4, health="ok", pending=None)}
+        await box.remember_pending("s1", "w1", "sku-a", 2)
+        assert (await box.memories())["s1/w1"].pending == 2
+        await box.remove([i.id for i in await box.peek(10)], duplicate=1)
+        assert (await box.status()).totals.duplicate == 1
+    finally:
+        await box.close()
+
+
+@pytest.mark.asyncio
+async def test_the_hubs_duplicate_and_stale_answers_are_counted_with_the_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = await Outbox.open(path, "b1", max_events=100)
+    try:
+        for level in range(5):
+            await box.put_stock("s1", "w1", "sku-a", level)
+        items = await box.peek(10)
+        await box.remove([i.id for i in items[:3]], duplicate=1, stale=2)
+        await box.remove([i.id for i in items[3:]], stale=1)
+        totals = (await box.status()).totals
+        assert (totals.delivered, totals.duplicate, totals.stale) == (5, 1, 3)
+    finally:
+        await box.close()
+    assert (await asyncio.to_thread(read_status, path)).totals == totals
 
 
 @pytest.mark.asyncio

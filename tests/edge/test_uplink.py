@@ -1,21 +1,40 @@
 """The uplink against a real hub: drains in order, survives the hub going away, a lost ack,
-a refused token and a token of another boutique, and delivers device health."""
+a refused token and a token of another boutique without losing an event, counts stale
+answers, and delivers device health. A scripted Socket.IO hub covers the refusals the real
+one cannot be made to give on demand."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
+import socketio
+from aiohttp import web
 
 from edge.outbox import Outbox
 from edge.uplink import Uplink
+from protocol import PROTOCOL_VERSION, events
+from protocol.codec import to_wire
+from protocol.errors import ErrorCode, SokoError
+from protocol.messages import (
+    DeviceHealthAccepted,
+    DeviceHealthReport,
+    StockOutcome,
+    StockSet,
+    StockUpdateReply,
+    StockUpdateRequest,
+    Welcome,
+)
 from tests.support.hub import RunningHub
 from tests.support.stockclient import StockClient
 
@@ -166,11 +185,11 @@ class AckLostOutbox(Outbox):
 
     died: asyncio.Event
 
-    async def remove(self, ids: Sequence[int]) -> None:
+    async def remove(self, ids: Sequence[int], *, duplicate: int = 0, stale: int = 0) -> None:
         if not self.died.is_set():
             self.died.set()
             await asyncio.Future()  # until the test cancels the uplink
-        await super().remove(ids)
+        await super().remove(ids, duplicate=duplicate, stale=stale)
 
 
 @pytest.mark.asyncio
@@ -201,43 +220,199 @@ async def test_a_lost_ack_redelivers_and_the_hub_applies_nothing_twice(
             assert second.outcomes == {"duplicate": 40}
             assert [e["event_id"] for e in await stream(client, f"inv:{B}")] == ids
             assert await hub_levels(client) == latest(changes)
+        totals = (await outbox.status()).totals
+        assert (totals.delivered, totals.duplicate, totals.stale) == (40, 40, 0)
     finally:
         await outbox.close()
 
 
 @pytest.mark.asyncio
-async def test_events_refused_for_good_go_to_dead_letters_and_the_queue_moves_on(
+async def test_a_token_of_another_boutique_or_role_sends_nothing_and_loses_nothing(
     hub_factory: Any, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub = await hub_factory()
     tokens = [hub.token("device", "gw1", "b2")]
+    await put_levels(outbox, [("sku-a", 1), ("sku-b", 2)])
+    await outbox.put_health("s1", "sku-a", "sku-a", "silent", "no reading for 60 s", 1)
+
+    def logged(text: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return any(r.levelno == logging.ERROR and text in r.getMessage() for r in caplog.records)
+
+        return check
+
     async with running(outbox, hub.url, lambda: tokens[-1]) as (uplink, states):
+        await until(logged("as device 'gw1' of boutique b2, but this gateway is boutique b1"), "b2 refused")
+        tokens.append(hub.token("staff", "st9", B))  # the operator gets it wrong again
+        await until(logged("as staff 'st9' of boutique b1"), "a staff token refused")
+        async with staff(hub) as client:
+            assert await hub_levels(client) == {}
+        status = await outbox.status()
+        assert (status.depth, status.dead_letters, status.totals.rejected) == (3, 0, 0)
+        assert "this gateway is boutique b1" in (status.last_error or "")
+        assert "draining 3" not in states
 
-        async def idle() -> bool:
-            return states[-1:] == ["idle"]
-
-        await until(idle, "connected with the other boutique's token")
-        tokens.append(hub.token("device", "gw1", B))  # the operator fixes the token file
-        await put_levels(outbox, [("sku-a", 1), ("sku-b", 2)])
-        await outbox.put_health("s1", "sku-a", "sku-a", "silent", "no reading for 60 s", 1)
-
-        async def refused() -> bool:
-            return (await outbox.status()).dead_letters == 2
-
-        await until(refused, "the refused batch moved to the dead letters")
-        # The refused stock batch does not block what follows: the health event behind it,
-        # sent after a reconnect with the fixed token, and anything put later.
-        await put_levels(outbox, [("sku-a", 7)])
+        tokens.append(hub.token("device", "gw1", B))  # the token file is fixed
         await drained(outbox)
     status = await outbox.status()
-    assert (status.dead_letters, status.totals.rejected, status.totals.delivered) == (2, 2, 2)
-    assert uplink.outcomes == {"applied": 1}
-    refusals = [r for r in caplog.records if r.levelno == logging.ERROR and "dead letters" in r.getMessage()]
-    assert len(refusals) == 1 and "forbidden (2003)" in refusals[0].getMessage()
+    assert (status.dead_letters, status.totals.rejected, status.totals.delivered) == (0, 0, 3)
+    assert uplink.outcomes == {"applied": 2}
     async with staff(hub) as client:
-        assert await hub_levels(client) == {"sku-a": 7}
+        assert await hub_levels(client) == {"sku-a": 1, "sku-b": 2}
         inbox = [e for e in await stream(client, f"inbox:b:{B}") if e["category"] == "device"]
         assert len(inbox) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stale_answer_is_logged_and_counted(
+    hub_factory: Any, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await hub_factory()
+    token = hub.token("device", "gw1", B)
+    ahead = 2**52
+
+    def set_version_counter(value: int) -> None:
+        conn = sqlite3.connect(outbox.path)
+        conn.execute("UPDATE counters SET value = ? WHERE name = 'version'", (value,))
+        conn.commit()
+        conn.close()
+
+    # A gateway whose version counter once ran far ahead, then was set back.
+    await asyncio.to_thread(set_version_counter, ahead)
+    await put_levels(outbox, [("sku-a", 5)])
+    async with running(outbox, hub.url, lambda: token):
+        await drained(outbox)
+    await asyncio.to_thread(set_version_counter, 0)
+    await put_levels(outbox, [("sku-a", 3), ("sku-b", 1)])
+    sent = [msgspec.json.decode(i.payload, type=StockSet).version for i in await outbox.peek(2)]
+    async with running(outbox, hub.url, lambda: token) as (uplink, _states):
+        await drained(outbox)
+    assert uplink.outcomes == {"stale": 1, "applied": 1}
+    totals = (await outbox.status()).totals
+    assert (totals.delivered, totals.stale, totals.duplicate) == (3, 1, 0)
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "stale" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "for sku-a: version" in warnings[0] and f"version {sent[0]} " in warnings[0]
+    async with staff(hub) as client:
+        assert await hub_levels(client) == {"sku-a": 5, "sku-b": 1}
+
+
+class ScriptedHub:
+    """A Socket.IO server speaking the hub's side of the uplink: a ``welcome`` for a device
+    of ``B``, then ``refusal`` as the answer to the first request and ``ok`` to every later
+    one. The real hub cannot be made to refuse a valid device token's events on demand."""
+
+    def __init__(self, refusal: ErrorCode) -> None:
+        self.refusal = refusal
+        self.tokens: list[str] = []
+        """The token of each connection, in order."""
+        self.requests: list[tuple[int, list[str]]] = []
+        """(connection number, event ids) of each request."""
+        self._connection: dict[str, int] = {}
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", always_connect=True)
+        self.sio.on("connect", self._connect)
+        self.sio.on(events.STOCK_UPDATE, self._stock_update)
+        self.sio.on(events.DEVICE_HEALTH, self._device_health)
+        self.url = ""
+
+    async def _connect(self, sid: str, _environ: Any, auth: Any) -> None:
+        self.tokens.append(auth["token"])
+        self._connection[sid] = len(self.tokens)
+        welcome = Welcome(
+            protocol=PROTOCOL_VERSION, user="gw1", role="device", boutique=B, node="n1", token_expires_at=0
+        )
+        await self.sio.emit(events.WELCOME, to_wire(welcome), to=sid)
+
+    def _answer(self, sid: str, ids: list[str], data: msgspec.Struct) -> dict[str, Any]:
+        self.requests.append((self._connection[sid], ids))
+        if len(self.requests) == 1:
+            return {"ok": False, "error": to_wire(SokoError(self.refusal, "scripted refusal").body())}
+        return {"ok": True, "data": to_wire(data)}
+
+    async def _stock_update(self, sid: str, data: Any) -> dict[str, Any]:
+        updates = [u for u in msgspec.convert(data, StockUpdateRequest).updates if isinstance(u, StockSet)]
+        outcomes = [
+            StockOutcome(
+                event_id=u.event_id,
+                boutique_id=u.boutique_id,
+                sku=u.sku,
+                applied=True,
+                duplicate=False,
+                stale=False,
+                level=u.level,
+                version=1,
+            )
+            for u in updates
+        ]
+        return self._answer(sid, [u.event_id for u in updates], StockUpdateReply(results=outcomes))
+
+    async def _device_health(self, sid: str, data: Any) -> dict[str, Any]:
+        report = msgspec.convert(data, DeviceHealthReport)
+        return self._answer(
+            sid, [report.event_id], DeviceHealthAccepted(notification_id="n", duplicate=False)
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[ScriptedHub]:
+        app = web.Application()
+        self.sio.attach(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            yield self
+        finally:
+            await runner.cleanup()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("refusal", "level"),
+    [
+        (ErrorCode.UNAUTHENTICATED, logging.ERROR),
+        (ErrorCode.FORBIDDEN, logging.ERROR),
+        (ErrorCode.TOKEN_EXPIRED, logging.WARNING),
+    ],
+)
+async def test_a_refused_token_keeps_the_events_and_reconnects_with_the_token_read_again(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture, refusal: ErrorCode, level: int
+) -> None:
+    ids = await put_levels(outbox, [("sku-a", 1), ("sku-b", 2)])
+    reads = itertools.count(1)
+    async with (
+        ScriptedHub(refusal).serving() as hub,
+        running(outbox, hub.url, lambda: f"token-{next(reads)}"),
+    ):
+        await drained(outbox)
+    assert hub.tokens == ["token-1", "token-2"]
+    assert hub.requests == [(1, ids), (2, ids)]
+    status = await outbox.status()
+    assert (status.dead_letters, status.totals.rejected, status.totals.delivered) == (0, 0, 2)
+    name = refusal.slug
+    logs = [r for r in caplog.records if f"{name} ({int(refusal)}): scripted refusal" in r.getMessage()]
+    assert [r.levelno for r in logs] == [level]
+    assert "keeping the 2 event(s)" in logs[0].getMessage()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("refusal", [ErrorCode.BAD_REQUEST, ErrorCode.INVALID_ID, ErrorCode.CONFLICT])
+async def test_a_refused_request_goes_to_the_dead_letters_and_the_queue_moves_on(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture, refusal: ErrorCode
+) -> None:
+    ids = await put_levels(outbox, [("sku-a", 1), ("sku-b", 2)])
+    ids.append(await outbox.put_health("s1", "sku-a", "sku-a", "silent", "no reading for 60 s", 1))
+    async with ScriptedHub(refusal).serving() as hub, running(outbox, hub.url, lambda: "token"):
+        await drained(outbox)
+    assert hub.requests == [(1, ids[:2]), (1, ids[2:])]
+    status = await outbox.status()
+    assert (status.dead_letters, status.totals.rejected, status.totals.delivered) == (2, 2, 1)
+    refusals = [r for r in caplog.records if r.levelno == logging.ERROR and "dead letters" in r.getMessage()]
+    assert len(refusals) == 1 and f"{refusal.slug} ({int(refusal)})" in refusals[0].getMessage()
 
 
 @pytest.mark.asyncio
