@@ -1,9 +1,13 @@
 """One store's gateway: MQTT readings -> sensor trackers -> outbox -> uplink to the hub.
 
 Guarantees:
-- A reading's effects (a stock change, a health change) are committed to the outbox
-  before the reading is acknowledged to the broker, so killing the gateway at any
-  point loses nothing the broker handed over (the broker redelivers unacked readings).
+- A reading's effects are committed to the outbox before the reading is acknowledged to
+  the broker: a stock or health change it completed, and the candidate level it started
+  or moved while smoothing. Killing the gateway at any point loses nothing the broker
+  handed over: unacked readings are redelivered, and a restarted gateway resumes the
+  remembered candidate (it settles ``settle_s`` after the restart unless readings
+  contradict it).
+- While the broker link is down, silence is not held against any sensor.
 - Each sensor's readings are handled in arrival order, one at a time, under one lock
   shared with the smoothing clock, so a sensor's outbox events are in the order its
   tracker produced them.
@@ -18,13 +22,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from edge.backoff import jittered_backoff
 from edge.config import GatewayConfig, SensorConfig
 from edge.mqtt import Reading, TopicPattern, readings
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxError
 from edge.sensors import HealthChange, ReadingError, SensorMemory, ShelfTracker, StockChange, parse_reading
 from edge.uplink import Uplink
 
@@ -51,6 +55,7 @@ class Gateway:
         self._unknown_topics: set[str] = set()
         self._outbox: Outbox | None = None
         self._uplink_kind = ""
+        self._saved_pending: dict[str, int | None] = {}
 
     async def run(self) -> None:
         """Open the outbox, restore each sensor's memory, then consume, smooth and upload."""
@@ -65,6 +70,9 @@ class Gateway:
                 key: ShelfTracker(sensor, self._cfg.smoothing, memories.get(key, SensorMemory()), now)
                 for key, sensor in self._sensors.items()
             }
+            self._saved_pending = {key: memories.get(key, SensorMemory()).pending for key in self._sensors}
+            for tracker in self._trackers.values():
+                tracker.pause()  # until the broker link is up, silence means nothing
             uplink = Uplink(outbox, self._cfg.hub.url, self._token, self._cfg.hub.batch, self._uplink_state)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(uplink.run(), name="edge-uplink")
@@ -108,13 +116,19 @@ class Gateway:
                     await self._commit(self._sensors[key], tracker.tick(now))
 
     async def _commit(self, sensor: SensorConfig, changes: Sequence[StockChange | HealthChange]) -> None:
+        """Put the tracker's changes in the outbox, then remember its unsettled candidate, if
+        that changed, so a restart resumes the debounce instead of losing the change."""
         assert self._outbox is not None
         for change in changes:
             if isinstance(change, StockChange):
-                await self._outbox.put_stock(sensor.shelf, sensor.sensor, change.sku, change.level)
+                await _until_stored(
+                    self._outbox.put_stock, sensor.shelf, sensor.sensor, change.sku, change.level
+                )
+                self._saved_pending[sensor.key] = None  # put_stock clears it in the same transaction
                 log.info("stock: %s %s -> %d", sensor.key, change.sku, change.level)
             else:
-                await self._outbox.put_health(
+                await _until_stored(
+                    self._outbox.put_health,
                     sensor.shelf,
                     sensor.sensor,
                     sensor.sku,
@@ -123,10 +137,22 @@ class Gateway:
                     time.time_ns() // 1_000_000,
                 )
                 log.warning("health: %s (%s) is %s: %s", sensor.key, sensor.sku, change.state, change.detail)
+        pending = self._trackers[sensor.key].pending
+        if pending != self._saved_pending.get(sensor.key):
+            await _until_stored(
+                self._outbox.remember_pending, sensor.shelf, sensor.sensor, sensor.sku, pending
+            )
+            self._saved_pending[sensor.key] = pending
 
-    @staticmethod
-    def _broker_state(connected: bool) -> None:
+    def _broker_state(self, connected: bool) -> None:
+        """While the broker link is down, no sensor can be heard, so none is reported silent."""
         log.info("mqtt: %s", "connected" if connected else "disconnected")
+        now = self._clock()
+        for tracker in self._trackers.values():
+            if connected:
+                tracker.resume(now)
+            else:
+                tracker.pause()
 
     def _uplink_state(self, state: str) -> None:
         """Log the hub link's state when it changes kind (not at every batch of a drain)."""
@@ -134,3 +160,17 @@ class Gateway:
         if kind != self._uplink_kind:
             self._uplink_kind = kind
             log.info("uplink: %s", state)
+
+
+async def _until_stored(put: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Call ``put(*args)`` until the outbox takes it (a full disk, say, until the uplink frees
+    room). Meanwhile the reading stays unacknowledged and the uplink keeps draining."""
+    attempt = 0
+    while True:
+        try:
+            await put(*args)
+            return
+        except OutboxError as exc:
+            attempt += 1
+            log.error("outbox: cannot store a sensor change (%s); retrying", exc)
+            await jittered_backoff(attempt)

@@ -45,7 +45,8 @@ def render_status(status: OutboxStatus, now: float | None = None) -> str:
         lines.append(f"  last error {_when(status.last_error_ts, now)}: {status.last_error}")
     lines.append(
         f"totals: created {t.created}, delivered {t.delivered}, coalesced {t.coalesced}, "
-        f"dropped {t.dropped}, rejected {t.rejected} (dead letters: {status.dead_letters})"
+        f"dropped {t.dropped}, rejected {t.rejected} (dead letters: {status.dead_letters}); "
+        f"hub answered duplicate {t.duplicate}, stale {t.stale}"
     )
     lines.append(f"sensors ({len(status.sensors)}):")
     width = max((len(s.key) for s in status.sensors), default=0)

@@ -8,9 +8,11 @@ gateway created is exactly one entry of the hub's ``inv:`` stream, with no event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,24 +35,22 @@ from tests.support.hub import free_port
 READING_PERIOD_S = 0.05
 
 
-async def publish_for(sim: StoreSimulator, seconds: float) -> None:
-    """Sensors report their shelves every READING_PERIOD_S for ``seconds``."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        await sim.publish_all()
-        await asyncio.sleep(READING_PERIOD_S)
+@contextlib.asynccontextmanager
+async def reporting(sim: StoreSimulator) -> AsyncIterator[None]:
+    """The sensors report their shelves every READING_PERIOD_S, as real sensors do, until the block ends."""
 
+    async def report() -> None:
+        while True:
+            await sim.publish_all()
+            await asyncio.sleep(READING_PERIOD_S)
 
-async def publish_until(
-    sim: StoreSimulator, done: Any, timeout: float = 60.0, what: str = "condition"
-) -> None:
-    """Sensors keep reporting until ``await done()`` is True (as real sensors never stop)."""
-
-    async def check() -> bool:
-        await sim.publish_all()
-        return bool(await done())
-
-    await eventually(check, timeout=timeout, what=what)
+    task = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def assert_each_event_once(entries: list[dict[str, Any]], status: OutboxStatus) -> None:
@@ -82,17 +82,17 @@ async def test_hub_outage_loses_nothing_and_applies_nothing_twice(tmp_path, mosq
     gateway = GatewayTask(await load(config), hub.token("device", "gw1", BOUTIQUE))
     gateway.start()
     try:
-        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=11) as sim:
+        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=11) as sim, reporting(sim):
 
             async def hub_matches_shelves() -> bool:
                 return (await hub_inventory(hub.url, staff)).levels == sim.truth()
 
-            await publish_until(sim, hub_matches_shelves, what="first levels on the hub")
+            await eventually(hub_matches_shelves, what="first levels on the hub")
 
             await hub.stop()
             for round_no in range(8):
                 shuffle_shelves(sim, round_no)
-                await publish_for(sim, 0.5)
+                await asyncio.sleep(0.5)
             held = await outbox_status(config)
             assert held.depth > 0, "the gateway should hold the changes made while the hub was down"
 
@@ -101,7 +101,7 @@ async def test_hub_outage_loses_nothing_and_applies_nothing_twice(tmp_path, mosq
             async def drained_and_equal() -> bool:
                 return (await outbox_status(config)).depth == 0 and await hub_matches_shelves()
 
-            await publish_until(sim, drained_and_equal, what="hub equal to the shelves after the outage")
+            await eventually(drained_and_equal, what="hub equal to the shelves after the outage")
             inventory = await hub_inventory(hub.url, staff)
             assert inventory.levels == sim.truth()
             assert_each_event_once(inventory.entries, (await outbox_status(config)))
@@ -124,23 +124,22 @@ async def test_gateway_killed_mid_drain_resumes_without_loss_or_repeat(
     gateway = GatewayProcess(config, hub.token("device", "gw1", BOUTIQUE))
     gateway.start()
     try:
-        async with StoreSimulator(await load(config), port=mosquitto.port, seed=5) as sim:
+        async with StoreSimulator(await load(config), port=mosquitto.port, seed=5) as sim, reporting(sim):
 
             async def hub_matches_shelves() -> bool:
                 return (await hub_inventory(hub.url, staff)).levels == sim.truth()
 
-            await publish_until(sim, hub_matches_shelves, what="first levels on the hub")
-            first = len((await hub_inventory(hub.url, staff)).entries)
+            await eventually(hub_matches_shelves, what="first levels on the hub")
             await hub.stop()
             for round_no in range(6):
                 shuffle_shelves(sim, round_no)
-                await publish_for(sim, 0.5)
+                await asyncio.sleep(0.5)
             backlog = (await outbox_status(config)).depth
             assert backlog >= 8, gateway.output()
             hub = await hub_factory(port=port, **slow)
 
             async def partly_drained() -> bool:
-                return len((await hub_inventory(hub.url, staff)).entries) >= first + 2
+                return (await outbox_status(config)).depth <= backlog - 2
 
             await eventually(partly_drained, what="the drain to start")
             await gateway.kill()
@@ -148,23 +147,27 @@ async def test_gateway_killed_mid_drain_resumes_without_loss_or_repeat(
             assert 0 < after_kill.depth < backlog, "the kill should land mid-drain"
 
             # `soko edge status` reads the file of the dead gateway.
-            status = run_soko("edge", "status", "--config", str(config))
+            status = await asyncio.to_thread(run_soko, "edge", "status", "--config", str(config))
             assert status.returncode == 0, status.stderr
             assert f"queue: {after_kill.depth} pending" in status.stdout
             assert "a1/s1" in status.stdout and "mug" in status.stdout
-            as_json = json.loads(run_soko("edge", "status", "--config", str(config), "--json").stdout)
+            as_json = json.loads(
+                (
+                    await asyncio.to_thread(run_soko, "edge", "status", "--config", str(config), "--json")
+                ).stdout
+            )
             assert as_json["depth"] == after_kill.depth and as_json["boutique"] == BOUTIQUE
 
             # Shelves keep changing while the gateway is dead: the broker keeps the readings
             # for its persistent session.
             shuffle_shelves(sim, 7)
-            await publish_for(sim, 0.3)
+            await asyncio.sleep(0.3)
             gateway.start()
 
             async def drained_and_equal() -> bool:
                 return (await outbox_status(config)).depth == 0 and await hub_matches_shelves()
 
-            await publish_until(sim, drained_and_equal, what="hub equal to the shelves after the restart")
+            await eventually(drained_and_equal, what="hub equal to the shelves after the restart")
             inventory = await hub_inventory(hub.url, staff)
             assert_each_event_once(inventory.entries, (await outbox_status(config)))
             await gateway.stop()  # SIGTERM: a clean exit
@@ -202,12 +205,12 @@ async def test_noise_and_hands_on_the_shelf_raise_no_alert(tmp_path, mosquitto, 
     gateway = GatewayTask(await load(config), hub.token("device", "gw1", BOUTIQUE))
     gateway.start()
     try:
-        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=3) as sim:
+        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=3) as sim, reporting(sim):
 
             async def first_levels() -> bool:
                 return (await hub_inventory(hub.url, staff)).levels == sim.truth()
 
-            await publish_until(sim, first_levels, what="first levels on the hub")
+            await eventually(first_levels, what="first levels on the hub")
             # Alert when the mugs fall to 10 of 12 or the bowls to 6 of 8: a hand lifting
             # a few units for a moment would cross both thresholds if it became a change.
             sio = socketio.AsyncClient(reconnection=False)
@@ -219,13 +222,13 @@ async def test_noise_and_hands_on_the_shelf_raise_no_alert(tmp_path, mosquitto, 
                 assert reply["ok"], reply
             await sio.disconnect()
             for _ in range(4):
-                await publish_for(sim, 0.6)  # noise only
+                await asyncio.sleep(0.6)  # noise only
                 sim.hand("a1/s1", -3 * 350.0)  # mugs lifted and put back
                 sim.hand("a1/s2", 800.0)  # a hand leaning on the bowls
-                await publish_for(sim, 0.2)
+                await asyncio.sleep(0.2)
                 sim.hand("a1/s1", None)
                 sim.hand("a1/s2", None)
-            await publish_for(sim, 1.5)  # longer than settle_s: anything pending would have settled
+            await asyncio.sleep(1.5)  # longer than settle_s: anything pending would have settled
 
             inventory = await hub_inventory(hub.url, staff)
             assert inventory.levels == sim.truth()
@@ -239,16 +242,16 @@ async def test_noise_and_hands_on_the_shelf_raise_no_alert(tmp_path, mosquitto, 
 @pytest.mark.asyncio
 async def test_broken_sensors_alert_staff_and_never_change_stock(tmp_path, mosquitto, hub) -> None:
     staff = hub.token("staff", "ann", BOUTIQUE)
-    config = write_config(tmp_path, hub_url=hub.url, mqtt_port=mosquitto.port, silent_after_s=1.0)
+    config = write_config(tmp_path, hub_url=hub.url, mqtt_port=mosquitto.port, silent_after_s=3.0)
     gateway = GatewayTask(await load(config), hub.token("device", "gw1", BOUTIQUE))
     gateway.start()
     try:
-        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=9) as sim:
+        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=9) as sim, reporting(sim):
 
             async def first_levels() -> bool:
                 return (await hub_inventory(hub.url, staff)).levels == sim.truth()
 
-            await publish_until(sim, first_levels, what="first levels on the hub")
+            await eventually(first_levels, what="first levels on the hub")
             before = await hub_inventory(hub.url, staff)
             sim.fail("a1/s2", "nan")
             sim.fail("b2/c1", "overload")
@@ -257,8 +260,8 @@ async def test_broken_sensors_alert_staff_and_never_change_stock(tmp_path, mosqu
             async def three_alerts() -> bool:
                 return len(await staff_inbox(hub.url, staff)) >= 3
 
-            await publish_until(sim, three_alerts, what="three sensor alerts")
-            await publish_for(sim, 1.0)  # more garbage: no second alert, no stock change
+            await eventually(three_alerts, what="three sensor alerts")
+            await asyncio.sleep(1.0)  # more garbage: no second alert, no stock change
             alerts = await staff_inbox(hub.url, staff)
             states = {(a["data"]["shelf"] + "/" + a["data"]["sensor"], a["data"]["state"]) for a in alerts}
             assert states == {("a1/s2", "invalid"), ("b2/c1", "invalid"), ("b2/c2", "silent")}
@@ -271,7 +274,7 @@ async def test_broken_sensors_alert_staff_and_never_change_stock(tmp_path, mosqu
             async def recovered() -> bool:
                 return len(await staff_inbox(hub.url, staff)) >= 6
 
-            await publish_until(sim, recovered, what="three recoveries")
+            await eventually(recovered, what="three recoveries")
             recoveries = (await staff_inbox(hub.url, staff))[3:]
             assert sorted(a["data"]["state"] for a in recoveries) == ["ok", "ok", "ok"]
             assert (await hub_inventory(hub.url, staff)).entries == before.entries
@@ -312,16 +315,16 @@ async def test_a_full_outbox_coalesces_to_the_latest_level_per_sku(tmp_path, mos
     gateway = GatewayTask(await load(config), hub.token("device", "gw1", BOUTIQUE))
     gateway.start()
     try:
-        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=21) as sim:
+        async with StoreSimulator(gateway.cfg, port=mosquitto.port, seed=21) as sim, reporting(sim):
 
             async def hub_matches_shelves() -> bool:
                 return (await hub_inventory(hub.url, staff)).levels == sim.truth()
 
-            await publish_until(sim, hub_matches_shelves, what="first levels on the hub")
+            await eventually(hub_matches_shelves, what="first levels on the hub")
             await hub.stop()
             for round_no in range(10):
                 shuffle_shelves(sim, round_no)
-                await publish_for(sim, 0.5)
+                await asyncio.sleep(0.5)
             held = await outbox_status(config)
             assert held.depth <= 8 and held.totals.coalesced > 0, held
 
@@ -330,7 +333,7 @@ async def test_a_full_outbox_coalesces_to_the_latest_level_per_sku(tmp_path, mos
             async def drained_and_equal() -> bool:
                 return (await outbox_status(config)).depth == 0 and await hub_matches_shelves()
 
-            await publish_until(sim, drained_and_equal, what="hub equal to the shelves after coalescing")
+            await eventually(drained_and_equal, what="hub equal to the shelves after coalescing")
             entries = (await hub_inventory(hub.url, staff)).entries
             status = await outbox_status(config)
             ids = [entry["event_id"] for entry in entries]
@@ -359,3 +362,40 @@ async def test_soko_edge_simulate_and_example(tmp_path, mosquitto) -> None:
         run_soko, "edge", "simulate", "--config", str(config), "--failing", "Z9/none", "--duration", "1"
     )
     assert result.returncode == 2 and "--failing Z9/none: no such sensor" in result.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_change_still_settling_survives_a_gateway_restart(tmp_path, mosquitto, hub) -> None:
+    """A sensor that reports only when something changes: its one reading of the new count
+    reaches the gateway, which stops before settle_s has passed. The restarted gateway must
+    still send the new count, with no further reading."""
+    staff = hub.token("staff", "ann", BOUTIQUE)
+    config = write_config(tmp_path, hub_url=hub.url, mqtt_port=mosquitto.port, settle_s=1.0)
+    cfg = await load(config)
+    token = hub.token("device", "gw1", BOUTIQUE)
+    gateway = GatewayTask(cfg, token)
+    gateway.start()
+    try:
+        async with StoreSimulator(cfg, port=mosquitto.port, seed=2) as sim:
+            async with reporting(sim):
+
+                async def first_levels() -> bool:
+                    return (await hub_inventory(hub.url, staff)).levels == sim.truth()
+
+                await eventually(first_levels, what="first levels on the hub")
+            sim.take("b2/c1", 4)
+            await sim.publish_all()  # once: the sensors go quiet after this report
+            await asyncio.sleep(0.4)  # handled, but less than settle_s
+            await gateway.stop()
+            assert (await hub_inventory(hub.url, staff)).levels["soap"] == 30
+
+            gateway = GatewayTask(cfg, token)
+            gateway.start()
+
+            async def soap_sent() -> bool:
+                return (await hub_inventory(hub.url, staff)).levels["soap"] == 26
+
+            await eventually(soap_sent, what="the settling change to reach the hub after the restart")
+            assert (await hub_inventory(hub.url, staff)).levels == sim.truth()
+    finally:
+        await gateway.stop()

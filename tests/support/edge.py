@@ -215,7 +215,7 @@ async def hub_inventory(url: str, staff_token: str, boutique: str = BOUTIQUE) ->
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], timeout: float = 60.0, what: str = "condition"
 ) -> None:
     """Poll ``check`` until it returns True; TimeoutError naming ``what`` after ``timeout`` s."""
     deadline = asyncio.get_running_loop().time() + timeout
