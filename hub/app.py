@@ -21,6 +21,7 @@ from hub.ingest.stripe import StripeWebhook
 from hub.metrics import HubMetrics
 from hub.node import Node
 from hub.services import Services, build_services
+from hub.transport.console import ConsoleSite
 from hub.transport.gateway import SocketGateway
 from hub.transport.http import ServiceApi
 from storage import Store, open_store
@@ -52,6 +53,9 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(api.routes())
     app[STRIPE] = StripeWebhook(settings.stripe_webhook_secret, metrics)
     app.add_routes(app[STRIPE].routes())
+    console = ConsoleSite()
+    app.add_routes(console.routes())
+    app.on_startup.append(console.load)
     gateway.attach(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
