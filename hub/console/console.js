@@ -865,6 +865,8 @@
     }
     for (const [clientId, s] of state.sent) {
       if (s.stream !== stream) continue;
+      const held = state.messages.get(stream);
+      if (held && held.has(s.seq)) { state.sent.delete(clientId); continue; } // history now holds it
       nodes.push(messageNode(`sent:${clientId}`, () => h("li", {
         className: "msg mine", attrs: { "data-client-id": clientId, "data-state": "sent" },
       }, h("p", { className: "text", textContent: s.text }), h("p", { className: "meta", textContent: "Sent" }))));
