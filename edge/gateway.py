@@ -95,12 +95,12 @@ class Gateway:
         if sensor is None:
             if reading.topic not in self._unknown_topics and len(self._unknown_topics) < 1000:
                 self._unknown_topics.add(reading.topic)
-                log.warning("mqtt: ignoring %s: no sensor in the config has this topic", reading.topic)
+                log.warning("mqtt: ignoring %r: no sensor in the config has this topic", reading.topic)
             return
         try:
             value = parse_reading(reading.payload)
         except ReadingError as exc:
-            log.debug("mqtt: %s: unreadable payload (%s)", reading.topic, exc)
+            log.debug("mqtt: %r: unreadable payload (%s)", reading.topic, exc)
             value = math.nan
         async with self._lock:
             changes = self._trackers[sensor.key].observe(value, self._clock())
