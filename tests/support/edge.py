@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import socketio
 from edge.config import GatewayConfig, load_config
 from edge.gateway import Gateway
 from edge.outbox import OutboxStatus, read_status
+from tests.support.process import kill, terminate
 
 BOUTIQUE = "b1"
 
@@ -147,20 +147,10 @@ class GatewayProcess:
 
     async def kill(self) -> None:
         """``kill -9``: no shutdown code runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            proc = self.proc
-            await asyncio.to_thread(proc.wait)
+        await kill(self.proc)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            proc = self.proc
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        await terminate(self.proc, grace=10)
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""

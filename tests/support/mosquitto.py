@@ -6,11 +6,11 @@ import asyncio
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 from tests.support.hub import free_port
+from tests.support.process import kill, terminate
 
 
 def _find_binary() -> str:
@@ -95,18 +95,8 @@ class MosquittoServer:
 
     async def kill(self) -> None:
         """``kill -9`` the broker and wait until it is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            proc = self.proc
-            await asyncio.to_thread(proc.wait)
+        await kill(self.proc)
 
     async def stop(self) -> None:
         """SIGTERM (the broker saves its persistence file) and wait; ``kill -9`` after 5 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            proc = self.proc
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        await terminate(self.proc)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from tests.support.hub import free_port
+from tests.support.process import kill, terminate
 
 
 class RedisServer:
@@ -69,17 +69,7 @@ class RedisServer:
 
     async def kill(self) -> None:
         """``kill -9`` the server and wait until it is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            proc = self.proc
-            await asyncio.to_thread(proc.wait)
+        await kill(self.proc)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            proc = self.proc
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        await terminate(self.proc)
