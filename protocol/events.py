@@ -40,6 +40,7 @@ TRACK_UNWATCH: Final = "track.unwatch"
 TRACK_HISTORY: Final = "track.history"
 DISPATCH_NEARBY: Final = "dispatch.nearby"
 DEVICE_HEALTH: Final = "device.health"
+DELIVERY_UPDATE: Final = "delivery.update"
 
 # server -> client
 WELCOME: Final = "welcome"
@@ -85,6 +86,7 @@ CLIENT_EVENTS: Final[dict[str, type[m.Request]]] = {
     TRACK_HISTORY: m.TrackHistoryRequest,
     DISPATCH_NEARBY: m.NearbyRequest,
     DEVICE_HEALTH: m.DeviceHealthReport,
+    DELIVERY_UPDATE: m.DeliveryUpdate,
 }
 """Client event -> the Struct its single argument must decode into."""
 
@@ -117,6 +119,7 @@ CLIENT_EVENT_REPLIES: Final[dict[str, type[m.Frame] | None]] = {
     TRACK_HISTORY: m.TrackHistory,
     DISPATCH_NEARBY: m.NearbyDrivers,
     DEVICE_HEALTH: m.DeviceHealthAccepted,
+    DELIVERY_UPDATE: m.DeliveryUpdated,
 }
 """Client event -> the Struct in ``AckOk.data`` (None: data is null)."""
 

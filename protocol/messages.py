@@ -442,6 +442,37 @@ class OrderUpdatedFrame(Frame):
     order: OrderView
 
 
+DeliveryStep = Literal["accepted", "picked_up", "delivered"]
+
+
+class DeliveryUpdate(Request):
+    """``delivery.update`` (the driver assigned to the order only): progress on a delivery job.
+
+    ``accepted`` leaves the status alone and tells the shopper once per order and driver;
+    ``picked_up`` and ``delivered`` act as an ``order.status_updated`` with that status.
+    Applied at most once per ``(driver, event_id)``, so a driver's outbox may resend it
+    until acked.
+    """
+
+    event_id: Id
+    order_id: Id
+    step: DeliveryStep
+
+
+class DeliveryUpdated(Frame):
+    """Ack data of ``delivery.update``: ``status`` is the order's status after the call.
+
+    ``applied``: this call changed something (moved the status, or recorded the acceptance).
+    ``duplicate``: this driver sent this ``event_id`` before; nothing changed now. A step the
+    order already passed (or a repeated acceptance) is not an error: ``applied`` is False.
+    """
+
+    order_id: str
+    status: str
+    applied: bool
+    duplicate: bool
+
+
 class BoutiqueLocation(Request):
     """Body of ``POST /api/v1/boutiques`` (service token): where a boutique is."""
 

@@ -8,6 +8,11 @@ its notifications carry ids derived from the event id, so a crash between the
 effects and :meth:`mark_seen` followed by a retry has no duplicate effect.
 A status never moves backwards through the lifecycle (cancelled is terminal);
 a stale status is ignored and reported as such.
+
+The assigned driver reports its own progress with ``delivery.update``
+(:meth:`OrderService.delivery_update`): ``picked_up`` and ``delivered`` take the same
+status path as a service's ``order.status_updated``; ``accepted`` is no status and is
+remembered only as the shopper's notification, one per order and driver.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from protocol.errors import ErrorCode, SokoError
 from protocol.ids import Role
 from protocol.messages import (
     DeliveryAssigned,
+    DeliveryUpdate,
+    DeliveryUpdated,
     EventAccepted,
     OrderCreated,
     OrderEvent,
@@ -74,6 +81,20 @@ _SHOPPER_TEXT = {
     "delivered": "Your order was delivered",
     "cancelled": "Your order was cancelled",
 }
+
+
+def driver_event_key(driver_id: str, event_id: str) -> str:
+    """The ledger key of a driver's ``delivery.update``.
+
+    Scoped to the driver, and disjoint from service event ids (ids contain no dots), so a
+    driver can neither pre-empt a service's event nor another driver's by reusing its id.
+    """
+    return f"driver.{driver_id}.{event_id}"
+
+
+def acceptance_id(order_id: str, driver_id: str) -> str:
+    """The shopper's notification that ``driver_id`` accepted the order: one per order and driver."""
+    return f"accepted.{order_id}.{driver_id}"
 
 
 def view(order: OrderRecord) -> OrderView:
@@ -175,37 +196,92 @@ class OrderService:
         return order
 
     async def _status(self, event: OrderStatusUpdated) -> None:
-        order = await self._require(event.order_id)
-        if order.status == "cancelled" or STATUS_RANK[event.status] <= STATUS_RANK.get(order.status, -1):
-            if order.status == event.status in ENDED:
+        await self._advance(await self._require(event.order_id), event.status, event.event_id)
+
+    async def _advance(self, order: OrderRecord, status: str, key: str) -> tuple[OrderRecord, bool]:
+        """Move ``order`` to ``status`` with its notifications (ids derived from ``key``).
+
+        Returns the order afterwards and whether it moved: a status the order already
+        reached or passed (or any after ``cancelled``) changes nothing.
+        """
+        if order.status == "cancelled" or STATUS_RANK[status] <= STATUS_RANK.get(order.status, -1):
+            if order.status == status in ENDED:
                 await self._observer.order_ended(order)  # a retry after a crash may have missed it
-            return  # stale or repeated: the order already moved past this status
+            return order, False  # stale or repeated: the order already moved past this status
         order = await self._orders.upsert_order(
-            msgspec.structs.replace(order, status=event.status, updated_ts=now_ms())
+            msgspec.structs.replace(order, status=status, updated_ts=now_ms())
         )
         data = {"order_id": order.order_id, "status": order.status}
-        title = _SHOPPER_TEXT.get(event.status, f"Order {event.status}")
-        category = "delivery" if event.status in ("picked_up", "in_transit", "delivered") else "order"
+        title = _SHOPPER_TEXT.get(status, f"Order {status}")
+        category = "delivery" if status in ("picked_up", "in_transit", "delivered") else "order"
         await self._notifications.notify_user(
             order.shopper_id,
             category,
             title,
             f"Order {order.order_id}",
             data,
-            notification_id=f"{event.event_id}.s",
+            notification_id=f"{key}.s",
         )
-        if event.status == "cancelled":
+        if status == "cancelled":
             await self._notifications.notify_boutique(
                 order.boutique_id,
                 "order",
                 "Order cancelled",
                 f"Order {order.order_id}",
                 data,
-                notification_id=f"{event.event_id}.b",
+                notification_id=f"{key}.b",
             )
         await self._publish(order)
-        if event.status in ENDED:
+        if status in ENDED:
             await self._observer.order_ended(order)
+        return order, True
+
+    async def delivery_update(self, principal: Principal, req: DeliveryUpdate) -> DeliveryUpdated:
+        """``delivery.update``: the order's assigned driver reports a step of the job.
+
+        Applied at most once per ``(driver, event_id)`` (the ledger key
+        :func:`driver_event_key`, marked after the effects, whose notification ids derive
+        from it): a repeat answers ``duplicate=True`` with the current status and changes
+        nothing. ``picked_up``/``delivered`` act exactly as ``order.status_updated``
+        (rank rules, notifications, tracking end, geofences); ``accepted`` leaves the status
+        alone and sends the shopper one ``delivery`` notification per order and driver
+        (:func:`acceptance_id`), unless the order is already picked up or ended. A step the
+        order already passed is not an error: ``applied=False``.
+
+        Raises:
+            SokoError: FORBIDDEN unless the caller is a driver and, for a known order, the
+                one assigned to it; NOT_FOUND when a driver names an unknown order.
+        """
+        if principal.role is not Role.DRIVER:
+            raise forbidden(f"delivery updates of order {req.order_id}")
+        order = await self._require(req.order_id)
+        if order.driver_id != principal.sub:
+            raise forbidden(f"delivery updates of order {req.order_id}")
+        key = driver_event_key(principal.sub, req.event_id)
+        if await self._ledger.seen(key):
+            return DeliveryUpdated(
+                order_id=order.order_id, status=order.status, applied=False, duplicate=True
+            )
+        if req.step == "accepted":
+            applied = await self._accepted(order, principal.sub)
+        else:
+            order, applied = await self._advance(order, req.step, key)
+        await self._ledger.mark_seen(key, now_ms())
+        return DeliveryUpdated(order_id=order.order_id, status=order.status, applied=applied, duplicate=False)
+
+    async def _accepted(self, order: OrderRecord, driver_id: str) -> bool:
+        """Tell the shopper that ``driver_id`` took the job; False when moot or already told."""
+        if STATUS_RANK.get(order.status, -1) >= STATUS_RANK["picked_up"]:
+            return False  # picked up, delivered or cancelled: past the point of accepting
+        created = await self._notifications.notify_user(
+            order.shopper_id,
+            "delivery",
+            "Your driver accepted the delivery",
+            f"Order {order.order_id}",
+            {"order_id": order.order_id, "driver_id": driver_id},
+            notification_id=acceptance_id(order.order_id, driver_id),
+        )
+        return not created.duplicate
 
     async def _assigned(self, event: DeliveryAssigned) -> None:
         order = await self._require(event.order_id)

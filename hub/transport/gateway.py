@@ -403,6 +403,9 @@ class SocketGateway:
         async def order_list(p: Principal, _sid: str, r: m.OrderListRequest) -> m.Frame:
             return await s.orders.list_for(p, r.limit)
 
+        async def delivery_update(p: Principal, _sid: str, r: m.DeliveryUpdate) -> m.Frame:
+            return await s.orders.delivery_update(p, r)
+
         table: dict[str, Handler] = {
             **self._logistics_handlers(),
             events.SYNC: sync,
@@ -419,6 +422,7 @@ class SocketGateway:
             events.ORDER_WATCH: order_watch,
             events.ORDER_UNWATCH: order_unwatch,
             events.ORDER_LIST: order_list,
+            events.DELIVERY_UPDATE: delivery_update,
         }
         assert table.keys() == events.CLIENT_EVENTS.keys(), "every client event needs exactly one handler"
         return table
