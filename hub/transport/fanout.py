@@ -4,16 +4,21 @@
 ``socketio.AsyncServer(client_manager=FanoutManager(...))``.
 
 What it guarantees
-    * An emit without an ack callback encodes the Socket.IO packet and the Engine.IO
-      frame once, then appends that same frame object to the send queue of every
-      local recipient with ``put_nowait``: no task, no ``await`` and no JSON encoding
-      per recipient. The emit returns once every frame is queued, not once it is sent.
-    * Each connection's send queue is bounded by ``max_queue``. A connection whose
-      queue already holds ``max_queue`` frames is a slow consumer: its pending frames
-      are dropped, a ``session.closing`` frame (code 3002 ``slow_consumer``,
-      ``reconnect: true``) is queued, and the connection is closed. The client
-      recovers by catch-up from its cursors; nothing is buffered for it.
-    * Frames to one connection keep the order of the emits that queued them.
+    * An emit without an ack callback encodes the Socket.IO packet, the Engine.IO frame
+      and the WebSocket frame once. A recipient on WebSocket whose send queue is empty
+      and whose writer is idle gets those bytes with one ``transport.write``
+      (:mod:`hub.transport.direct`); any other recipient gets the shared frame object
+      appended to its send queue with ``put_nowait``. Either way: no task, no ``await``
+      and no encoding per recipient. The emit returns once every frame is written to
+      the transport or queued, not once it is sent.
+    * Each connection's backlog is bounded. A connection whose send queue already holds
+      ``max_queue`` frames, or whose transport holds ``max_buffer_bytes`` unsent bytes,
+      is a slow consumer: its queued frames are dropped, a ``session.closing`` frame
+      (code 3002 ``slow_consumer``, ``reconnect: true``) is queued, and the connection
+      is closed. The client recovers by catch-up from its cursors; nothing more is
+      buffered for it.
+    * Frames to one connection keep the order of the emits that queued them: a frame is
+      written directly only when nothing queued earlier is still unsent.
 
 What it does not do
     * Fan-out between nodes is not this class's job: it emits to rooms of this
@@ -35,15 +40,26 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from hub.transport.direct import DirectLink, install, text_frame
 from protocol.codec import to_wire
 from protocol.errors import ErrorCode, SokoError
 from protocol.events import SESSION_CLOSING
 from protocol.messages import SessionClosing
 
-__all__ = ["DEFAULT_MAX_QUEUE", "SLOW_CONSUMER_REASON", "Abortable", "FanoutManager", "websocket_transport"]
+__all__ = [
+    "DEFAULT_MAX_BUFFER_BYTES",
+    "DEFAULT_MAX_QUEUE",
+    "SLOW_CONSUMER_REASON",
+    "Abortable",
+    "FanoutManager",
+    "websocket_transport",
+]
 
 DEFAULT_MAX_QUEUE: Final = 1000
 """Default bound, in Engine.IO frames, of one connection's send queue."""
+
+DEFAULT_MAX_BUFFER_BYTES: Final = 1 << 20
+"""Default bound, in bytes, of what one connection's transport may hold unsent."""
 
 SLOW_CONSUMER_REASON: Final = "slow consumer"
 """The ``reason`` the server's ``disconnect`` handlers receive for an evicted slow consumer."""
@@ -103,8 +119,15 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
             is what frees a peer that stopped reading altogether, whose writer would
             otherwise stay blocked forever; it applies to connections that opened
             directly over websocket on aiohttp (see :meth:`_evict`).
+        max_buffer_bytes: most bytes one connection's transport may hold unsent (beyond
+            what the kernel took) before it counts as a slow consumer. Must be at least 1.
+        websocket_deflate: negotiate permessage-deflate with clients that offer it. Off by
+            default: compressing small frames per recipient costs more CPU than it saves
+            on the wire, and a compressed connection cannot share the prebuilt frame, so
+            it always takes the queued path.
 
-    Bounded: per connection, ``max_queue`` queued frames plus one batch in flight.
+    Bounded: per connection, ``max_queue`` queued frames plus one batch in flight, and
+    ``max_buffer_bytes`` in the transport.
     Control frames that python-socketio queues itself (pings, acks, connect
     replies, emits with callbacks) bypass the bound; they are few per request.
     """
@@ -114,17 +137,30 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_slow_consumer: Callable[[str], None] | None = None,
         close_timeout: float = 5.0,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        websocket_deflate: bool = False,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if max_buffer_bytes < 1:
+            raise ValueError("max_buffer_bytes must be at least 1")
         if close_timeout < 0:
             raise ValueError("close_timeout must not be negative")
         super().__init__()
         self.max_queue = max_queue
         self.close_timeout = close_timeout
+        self.max_buffer_bytes = max_buffer_bytes
+        self._websocket_deflate = websocket_deflate
+        self._links: dict[str, DirectLink] = {}
+        """Engine.IO sid -> its open WebSocket, for sessions that can take direct writes."""
         self._on_slow_consumer = on_slow_consumer
         self._evicting: set[str] = set()
         self._eviction_tasks: set[asyncio.Task[None]] = set()
+
+    def set_server(self, server: Any) -> None:
+        """Attach to ``server`` (python-socketio calls this once) and take over its WebSocket writes."""
+        super().set_server(server)
+        install(server.eio, self._links, self._websocket_deflate)
 
     async def emit(
         self,
@@ -155,15 +191,34 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         if namespace not in self.rooms:
             return
         frames = self._encode(event, data, namespace)
+        wire = frames[0].encode() if len(frames) == 1 else None
+        direct = text_frame(wire) if isinstance(wire, str) else None
         skip = _as_set(skip_sid)
+        links = self._links
         for sid, eio_sid in self.get_participants(namespace, room):
-            if sid not in skip:
+            if sid in skip:
+                continue
+            link = links.get(eio_sid)
+            if direct is not None and link is not None and link.ready() and eio_sid not in self._evicting:
+                if link.buffered() >= self.max_buffer_bytes:
+                    self._evict(sid, eio_sid, namespace, link.socket)
+                else:
+                    link.write(direct)
+            else:
                 self._enqueue(sid, eio_sid, namespace, frames)
 
     def queue_depth(self, eio_sid: str) -> int:
         """Frames waiting in the send queue of Engine.IO session ``eio_sid`` (0 if it is gone)."""
         socket = self.server.eio.sockets.get(eio_sid)
         return 0 if socket is None else int(socket.queue.qsize())
+
+    def buffered_bytes(self, eio_sid: str) -> int:
+        """Bytes written directly to session ``eio_sid``'s transport and not yet taken by the kernel.
+
+        0 when the session is gone or not on a direct WebSocket.
+        """
+        link = self._links.get(eio_sid)
+        return 0 if link is None else link.buffered()
 
     async def wait_evictions(self) -> None:
         """Wait until every eviction started so far has finished (for shutdown and tests)."""

@@ -101,7 +101,10 @@ class SocketGateway:
         self._resync_pending = False
         self.origins = OriginPolicy(settings.allow_origin)
         self.manager = FanoutManager(
-            max_queue=settings.send_queue_max, on_slow_consumer=lambda _sid: metrics.fanout_drops.inc()
+            max_queue=settings.send_queue_max,
+            max_buffer_bytes=settings.send_buffer_max_bytes,
+            websocket_deflate=settings.ws_deflate,
+            on_slow_consumer=lambda _sid: metrics.fanout_drops.inc(),
         )
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
 
 from hub.transport.fanout import SLOW_CONSUMER_REASON, FanoutManager
 from tests.support.rawclient import RawClient
@@ -144,7 +145,7 @@ async def test_room_of_2000_gets_one_copy_each_without_task_per_recipient(fanout
         f"+{rss_connected - rss0:.0f} MB for {n} connections (both ends), "
         f"+{rss_delivered - rss_connected:.1f} MB across the emit"
     )
-    assert queued == n
+    assert queued == 0, "idle WebSocket recipients are written to directly, not queued"
     assert all(r == ("stock", [payload]) for r in received)
     assert all(e == [] for e in extra), "a connection received more than one copy"
     assert tasks_after_emit - tasks_before < 50
@@ -356,3 +357,106 @@ async def test_binary_frame_shared_by_polling_and_websocket_clients(fanout_hub: 
 async def test_rejects_non_positive_bound() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         FanoutManager(max_queue=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_direct_write_never_overtakes_a_frame_still_queued(fanout_hub: StartFanoutHub) -> None:
+    """A frame engineio queued itself (an ack, a ping) and not yet sent stays ahead of later emits."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    socket = hub.sio.eio.sockets[client.eio_sid]
+    # what python-socketio does for an ack: put an Engine.IO packet on the session's queue
+    socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first",1]'))
+    await hub.sio.emit("second", 2, room=ROOM)  # never suspends: the writer has not run yet
+    assert hub.manager.queue_depth(client.eio_sid) == 2, "the emit must queue behind the pending frame"
+    assert await client.next_event() == ("first", [1])
+    assert await client.next_event() == ("second", [2])
+
+    # once the writer is idle again, emits go straight to the transport
+    await hub.sio.emit("third", 3, room=ROOM)
+    assert hub.manager.queue_depth(client.eio_sid) == 0
+    assert await client.next_event() == ("third", [3])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_official_client_upgrading_from_polling_gets_every_frame_in_order(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """Emits run while python-socketio's client upgrades polling -> websocket: some are queued,
+    some written directly once upgraded; the client sees each once, in order."""
+    hub = await fanout_hub()
+    client = socketio.AsyncClient()
+    got: list[int] = []
+    done = asyncio.Event()
+    total = 400
+
+    @client.on("n")
+    def on_n(i: int) -> None:
+        got.append(i)
+        if len(got) == total:
+            done.set()
+
+    await client.connect(hub.url)  # polling first, then the upgrade
+    try:
+        for i in range(total):
+            await hub.sio.emit("n", i, room=ROOM)
+            await asyncio.sleep(0.002 if i < 200 else 0)
+        async with asyncio.timeout(20):
+            await done.wait()
+        assert got == list(range(total))
+        assert client.transport() == "websocket"
+        assert hub.manager.buffered_bytes(hub.sio.manager.sid_from_eio_sid(client.eio.sid, "/") or "") == 0
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_direct_slow_consumer_is_evicted_by_unsent_bytes(fanout_hub: StartFanoutHub) -> None:
+    """Direct writes bypass the queue, so the transport's unsent bytes are what is bounded."""
+    hub = await fanout_hub(max_queue=100_000, max_buffer_bytes=256 * 1024, close_timeout=0.5)
+    stalled, other = await hub.raw(), await hub.raw()
+    stalled.pause()
+    pad = "z" * 32768
+    sent = 0
+    deepest_queue = 0
+    while not hub.slow and sent < 5000:
+        await hub.sio.emit("blob", {"i": sent, "pad": pad}, room=ROOM)
+        sent += 1
+        if not hub.slow:  # an eviction queues the session.closing frame
+            deepest_queue = max(deepest_queue, hub.manager.queue_depth(stalled.eio_sid))
+        while hub.manager.buffered_bytes(other.eio_sid) > 0:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+    assert hub.slow == [stalled.sid]
+    assert deepest_queue == 0, "the stalled peer's frames went to its transport, not its queue"
+    await hub.manager.wait_evictions()
+    assert (stalled.sid, SLOW_CONSUMER_REASON) in hub.disconnects
+    stalled.resume()
+
+    await hub.sio.emit("after", 1, room=ROOM)
+    events = await drain_events(other)
+    assert [args[0]["i"] for name, args in events if name == "blob"] == list(range(sent))
+    assert events[-1] == ("after", [1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_permessage_deflate_only_when_enabled(fanout_hub: StartFanoutHub, enabled: bool) -> None:
+    """Off by default even when the client offers it; when enabled, compressed sessions still
+    receive fan-out (through the queue, as a prebuilt frame cannot be shared with them)."""
+    hub = await fanout_hub(websocket_deflate=enabled)
+    client = await RawClient.connect(hub.http, hub.url, compress=15)
+    hub.clients.append(client)
+    assert bool(client.ws.compress) is enabled
+    await hub.sio.emit("hello", {"text": "a" * 2000}, room=ROOM)
+    assert await client.next_event() == ("hello", [{"text": "a" * 2000}])
+
+
+@pytest.mark.asyncio
+async def test_rejects_non_positive_buffer_bound() -> None:
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        FanoutManager(max_buffer_bytes=0)

@@ -1,0 +1,195 @@
+"""Direct WebSocket writes for fan-out: one prebuilt frame, one ``transport.write`` per recipient.
+
+python-engineio sends every packet through a per-connection writer task: a queue
+``put``, a task wake-up, an ``asyncio.wait_for`` (one more task), aiohttp's frame
+builder and finally ``transport.write``. Profiling the hub under room fan-out put
+more than half of its CPU there. This module lets the fan-out skip all of it for
+connections that are on WebSocket and idle, the way ``websockets.broadcast`` does:
+
+* :class:`DirectWebSocket` replaces engineio's aiohttp WebSocket driver. It is the
+  same driver, except that permessage-deflate is off unless asked for, and that while
+  the socket is open it registers a :class:`DirectLink` for its Engine.IO session.
+* :class:`WriterAwareQueue` is the Engine.IO send queue, which also tells whether the
+  session's writer is parked waiting for the next packet (holding none).
+* :func:`text_frame` builds an unmasked WebSocket TEXT frame once per emit.
+
+A frame may be written directly only when :meth:`DirectLink.ready` says so: the
+session's queue is empty and its writer idle, so nothing queued earlier is still
+unsent and the direct frame cannot overtake it. Frames are written whole and
+synchronously, so they never interleave with aiohttp's own frames (pongs, close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from aiohttp import web
+
+__all__ = ["DirectLink", "DirectWebSocket", "WriterAwareQueue", "install", "text_frame"]
+
+_TEXT_FIN: Final = 0x81
+
+
+def text_frame(text: str) -> bytes:
+    """The wire bytes of one final, unmasked WebSocket TEXT frame carrying ``text`` (server to client)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", _TEXT_FIN, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", _TEXT_FIN, 126, size)
+    else:
+        header = struct.pack("!BBQ", _TEXT_FIN, 127, size)
+    return header + payload
+
+
+class WriterAwareQueue(asyncio.Queue[Any]):
+    """An :class:`asyncio.Queue` that counts the consumers parked in :meth:`get`.
+
+    Engine.IO's writer takes everything queued in one batch and then sends it, possibly
+    suspending on back-pressure; only while it is parked in ``get`` does it hold no
+    unsent packet. :attr:`writer_idle` is True exactly then (and the queue is empty).
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._parked = 0
+
+    async def get(self) -> Any:
+        self._parked += 1
+        try:
+            return await super().get()
+        finally:
+            self._parked -= 1
+
+    @property
+    def writer_idle(self) -> bool:
+        """True when the queue is empty and a consumer is waiting in :meth:`get`."""
+        return self._parked > 0 and self.empty()
+
+
+class DirectLink:
+    """The open WebSocket of one Engine.IO session, writable without its writer task.
+
+    ``__slots__`` because there is one per connection.
+    """
+
+    __slots__ = ("_response", "_transport", "socket")
+
+    def __init__(self, socket: Any, response: web.WebSocketResponse, transport: asyncio.BaseTransport) -> None:
+        self.socket = socket
+        self._response = response
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def ready(self) -> bool:
+        """True when a frame written now is the next thing the peer receives after what was already sent.
+
+        That needs: the session fully on WebSocket (not mid-upgrade), not closing, its
+        send queue empty with its writer parked, and the WebSocket and TCP connection open.
+        """
+        socket = self.socket
+        queue = socket.queue
+        return (
+            isinstance(queue, WriterAwareQueue)
+            and queue.writer_idle
+            and socket.upgraded
+            and not socket.upgrading
+            and not socket.closing
+            and not socket.closed
+            and not self._response.closed
+            and not self._transport.is_closing()
+        )
+
+    def buffered(self) -> int:
+        """Bytes written to this connection that the kernel has not taken yet."""
+        return self._transport.get_write_buffer_size()
+
+    def write(self, frame: bytes) -> None:
+        """Write one complete WebSocket frame; only call this right after :meth:`ready` returned True."""
+        self._transport.write(frame)
+
+
+class DirectWebSocket:
+    """engineio's aiohttp WebSocket driver, plus a :class:`DirectLink` registered while open.
+
+    Engine.IO constructs one per WebSocket request with its handler (a bound method of
+    the session's socket) and calls it with the request's environ.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[DirectWebSocket], Awaitable[None]],
+        server: Any,
+        links: MutableMapping[str, DirectLink],
+        deflate: bool,
+    ) -> None:
+        self.handler = handler
+        self.server = server
+        self._links = links
+        self._deflate = deflate
+        self._sock: web.WebSocketResponse | None = None
+        self.environ: dict[str, Any] = {}
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        sock = self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=self._deflate
+        )
+        await sock.prepare(request)
+        self.environ = environ
+        socket = getattr(self.handler, "__self__", None)
+        sid = getattr(socket, "sid", None)
+        transport = request.transport
+        link = None
+        if isinstance(sid, str) and transport is not None and not sock.compress:
+            link = self._links[sid] = DirectLink(socket, sock, transport)
+        try:
+            await self.handler(self)
+        finally:
+            if link is not None and self._links.get(link.socket.sid) is link:
+                del self._links[link.socket.sid]
+        return sock
+
+    def _open(self) -> web.WebSocketResponse:
+        if self._sock is None:
+            raise RuntimeError("WebSocket used before its handshake")
+        return self._sock
+
+    async def close(self) -> None:
+        await self._open().close()
+
+    async def send(self, message: str | bytes) -> None:
+        sock = self._open()
+        if isinstance(message, bytes):
+            await sock.send_bytes(message)
+        else:
+            await sock.send_str(message)
+
+    async def wait(self) -> str | bytes:
+        """The next data message; OSError when the WebSocket closed (what engineio expects)."""
+        msg = await self._open().receive()
+        if not isinstance(msg.data, bytes | str):
+            raise OSError("websocket closed")
+        return msg.data
+
+
+def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bool) -> None:
+    """Make ``eio_server`` (an ``engineio.AsyncServer`` in aiohttp mode) use this module.
+
+    New sessions get a :class:`WriterAwareQueue`; WebSocket requests go through
+    :class:`DirectWebSocket`, registering into ``links``. Only this server is changed:
+    engineio's driver table is copied, not edited, so other servers in the process keep
+    the stock behaviour.
+    """
+    if eio_server.async_mode != "aiohttp":
+        return
+
+    def websocket(handler: Callable[[DirectWebSocket], Awaitable[None]], server: Any) -> DirectWebSocket:
+        return DirectWebSocket(handler, server, links, deflate)
+
+    eio_server._async = {**eio_server._async, "websocket": websocket}
+    eio_server.create_queue = WriterAwareQueue
