@@ -32,6 +32,12 @@ __all__ = ["DirectLink", "DirectWebSocket", "WriterAwareQueue", "install", "text
 
 _TEXT_FIN: Final = 0x81
 
+CLOSE_TIMEOUT_S: Final = 10.0
+"""Longest wait for a WebSocket close (its frame drained, the peer's close read) before the TCP
+connection is aborted. aiohttp's own close timeout does not cover the drain, so a peer that
+stopped reading would otherwise keep the close, the session's handler and its
+:class:`DirectLink` waiting forever."""
+
 
 def text_frame(text: str) -> bytes:
     """The wire bytes of one final, unmasked WebSocket TEXT frame carrying ``text`` (server to client)."""
@@ -79,7 +85,9 @@ class DirectLink:
 
     __slots__ = ("_response", "_transport", "socket")
 
-    def __init__(self, socket: Any, response: web.WebSocketResponse, transport: asyncio.BaseTransport) -> None:
+    def __init__(
+        self, socket: Any, response: web.WebSocketResponse, transport: asyncio.BaseTransport
+    ) -> None:
         self.socket = socket
         self._response = response
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -103,6 +111,11 @@ class DirectLink:
             and not self._response.closed
             and not self._transport.is_closing()
         )
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The TCP (or TLS) transport under this WebSocket."""
+        return self._transport
 
     def buffered(self) -> int:
         """Bytes written to this connection that the kernel has not taken yet."""
@@ -132,6 +145,7 @@ class DirectWebSocket:
         self._links = links
         self._deflate = deflate
         self._sock: web.WebSocketResponse | None = None
+        self._transport: asyncio.Transport | None = None
         self.environ: dict[str, Any] = {}
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
@@ -143,7 +157,7 @@ class DirectWebSocket:
         self.environ = environ
         socket = getattr(self.handler, "__self__", None)
         sid = getattr(socket, "sid", None)
-        transport = request.transport
+        transport = self._transport = request.transport
         link = None
         if isinstance(sid, str) and transport is not None and not sock.compress:
             link = self._links[sid] = DirectLink(socket, sock, transport)
@@ -160,7 +174,14 @@ class DirectWebSocket:
         return self._sock
 
     async def close(self) -> None:
-        await self._open().close()
+        """Close the WebSocket; after :data:`CLOSE_TIMEOUT_S` abort the TCP connection instead."""
+        sock = self._open()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await sock.close()
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
 
     async def send(self, message: str | bytes) -> None:
         sock = self._open()

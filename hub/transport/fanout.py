@@ -194,23 +194,18 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         wire = frames[0].encode() if len(frames) == 1 else None
         direct = text_frame(wire) if isinstance(wire, str) else None
         skip = _as_set(skip_sid)
-        links = self._links
         for sid, eio_sid in self.get_participants(namespace, room):
-            if sid in skip:
-                continue
-            link = links.get(eio_sid)
-            if direct is not None and link is not None and link.ready() and eio_sid not in self._evicting:
-                if link.buffered() >= self.max_buffer_bytes:
-                    self._evict(sid, eio_sid, namespace, link.socket)
-                else:
-                    link.write(direct)
-            else:
-                self._enqueue(sid, eio_sid, namespace, frames)
+            if sid not in skip:
+                self._deliver(sid, eio_sid, namespace, frames, direct)
 
     def queue_depth(self, eio_sid: str) -> int:
         """Frames waiting in the send queue of Engine.IO session ``eio_sid`` (0 if it is gone)."""
         socket = self.server.eio.sockets.get(eio_sid)
         return 0 if socket is None else int(socket.queue.qsize())
+
+    def takes_direct_writes(self, eio_sid: str) -> bool:
+        """True while session ``eio_sid`` is on a WebSocket the fan-out can write to directly."""
+        return eio_sid in self._links
 
     def buffered_bytes(self, eio_sid: str) -> int:
         """Bytes written directly to session ``eio_sid``'s transport and not yet taken by the kernel.
@@ -237,16 +232,32 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         parts = encoded if isinstance(encoded, list) else [encoded]
         return tuple(_SharedFrame(part) for part in parts)
 
-    def _enqueue(self, sid: str, eio_sid: str, namespace: str, frames: tuple[_SharedFrame, ...]) -> None:
+    def _deliver(
+        self,
+        sid: str,
+        eio_sid: str,
+        namespace: str,
+        frames: tuple[_SharedFrame, ...],
+        direct: bytes | None,
+    ) -> None:
+        """Write ``direct`` to the session's WebSocket if it is ready, else queue ``frames``.
+
+        A session over either bound (queued frames, unsent transport bytes) is evicted
+        instead, whichever path the frame would take: a writer blocked on a peer that
+        stopped reading makes every later frame take the queued path.
+        """
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closing or socket.closed or eio_sid in self._evicting:
             return
         queue = socket.queue
-        if queue.qsize() >= self.max_queue:
+        link = self._links.get(eio_sid)
+        if queue.qsize() >= self.max_queue or (link is not None and link.buffered() >= self.max_buffer_bytes):
             self._evict(sid, eio_sid, namespace, socket)
-            return
-        for frame in frames:
-            queue.put_nowait(frame)
+        elif direct is not None and link is not None and link.ready():
+            link.write(direct)
+        else:
+            for frame in frames:
+                queue.put_nowait(frame)
 
     def _evict(self, sid: str, eio_sid: str, namespace: str, socket: Any) -> None:
         """Replace a slow consumer's backlog with a ``session.closing`` frame and close it.
@@ -278,7 +289,9 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
                 self._on_slow_consumer(sid)
             except Exception:
                 self._get_logger().exception("on_slow_consumer callback failed")
-        transport = websocket_transport(self.server, eio_sid)
+        link = self._links.get(eio_sid)
+        # an upgraded session's environ is its first poll, so only its DirectLink knows its socket
+        transport = link.transport if link is not None else websocket_transport(self.server, eio_sid)
         task = asyncio.get_running_loop().create_task(self._close_slow(eio_sid, socket, transport))
         self._eviction_tasks.add(task)
         task.add_done_callback(self._eviction_tasks.discard)

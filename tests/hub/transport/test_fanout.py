@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -407,7 +408,8 @@ async def test_official_client_upgrading_from_polling_gets_every_frame_in_order(
             await done.wait()
         assert got == list(range(total))
         assert client.transport() == "websocket"
-        assert hub.manager.buffered_bytes(hub.sio.manager.sid_from_eio_sid(client.eio.sid, "/") or "") == 0
+        assert hub.manager.takes_direct_writes(client.eio.sid), "the upgraded session takes direct writes"
+        assert hub.manager.queue_depth(client.eio.sid) == 0
     finally:
         await client.disconnect()
 
@@ -460,3 +462,38 @@ async def test_permessage_deflate_only_when_enabled(fanout_hub: StartFanoutHub, 
 async def test_rejects_non_positive_buffer_bound() -> None:
     with pytest.raises(ValueError, match="max_buffer_bytes"):
         FanoutManager(max_buffer_bytes=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_evicted_upgraded_session_that_stopped_reading_is_aborted(fanout_hub: StartFanoutHub) -> None:
+    """A session that started on polling and upgraded (what official clients do) and then stops
+    reading: its WebSocket is not in the session's environ, yet it is aborted and released."""
+    hub = await fanout_hub(max_queue=100_000, max_buffer_bytes=256 * 1024, close_timeout=0.5)
+    base = f"{hub.url}/socket.io/?EIO=4"
+    opened = await (await hub.http.get(f"{base}&transport=polling")).text()
+    eio_sid = json.loads(opened[1:])["sid"]
+    await hub.http.post(f"{base}&transport=polling&sid={eio_sid}", data="40")
+    assert (await (await hub.http.get(f"{base}&transport=polling&sid={eio_sid}")).text()).startswith("40")
+    ws = await hub.http.ws_connect(f"{base.replace('http', 'ws', 1)}&transport=websocket&sid={eio_sid}")
+    await ws.send_str("2probe")
+    assert (await ws.receive()).data == "3probe"
+    await ws.send_str("5")
+    async with asyncio.timeout(5):
+        while not hub.manager.takes_direct_writes(eio_sid):
+            await asyncio.sleep(0.01)
+    sid = hub.sio.manager.sid_from_eio_sid(eio_sid, "/")
+
+    pad = "z" * 32768
+    sent = 0
+    while not hub.slow and sent < 5000:  # the client never reads again
+        await hub.sio.emit("blob", {"i": sent, "pad": pad}, room=ROOM)
+        sent += 1
+        await asyncio.sleep(0)
+    assert hub.slow == [sid]
+    await hub.manager.wait_evictions()
+    async with asyncio.timeout(10):
+        while hub.manager.takes_direct_writes(eio_sid):
+            await asyncio.sleep(0.05)
+    assert (sid, SLOW_CONSUMER_REASON) in hub.disconnects
+    await ws.close()
