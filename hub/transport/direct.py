@@ -31,6 +31,8 @@ from aiohttp import web
 __all__ = ["DirectLink", "DirectWebSocket", "WriterAwareQueue", "install", "text_frame"]
 
 _TEXT_FIN: Final = 0x81
+_EIO_CLOSE: Final = "1"
+"""An Engine.IO CLOSE packet, encoded."""
 
 CLOSE_TIMEOUT_S: Final = 10.0
 """Longest wait for a WebSocket close (its frame drained, the peer's close read) before the TCP
@@ -184,11 +186,19 @@ class DirectWebSocket:
                 self._transport.abort()
 
     async def send(self, message: str | bytes) -> None:
+        """Send one Engine.IO packet; after a CLOSE packet, close the WebSocket too.
+
+        engineio ends a session by sending CLOSE and then waits for the peer, but the
+        official JavaScript client ignores CLOSE over WebSocket and would notice only at
+        its ping timeout. Closing the WebSocket is how Node's engine.io ends it.
+        """
         sock = self._open()
         if isinstance(message, bytes):
             await sock.send_bytes(message)
         else:
             await sock.send_str(message)
+            if message == _EIO_CLOSE:
+                await self.close()
 
     async def wait(self) -> str | bytes:
         """The next data message; OSError when the WebSocket closed (what engineio expects)."""

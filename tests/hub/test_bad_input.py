@@ -435,6 +435,23 @@ async def test_token_expiring_while_connected_closes_the_session(hub, http) -> N
         await other.close()
 
 
+@pytest.mark.asyncio
+async def test_hub_closes_the_websocket_of_a_session_it_ends(hub, http) -> None:  # type: ignore[no-untyped-def]
+    """The official JS client ignores an Engine.IO CLOSE packet over WebSocket; the hub must close the
+    WebSocket itself, or that client would notice only at its ping timeout (25 s here)."""
+    token = jwt.encode(claims(exp=math.ceil(time.time()) + 2), TEST_SECRET, algorithm="HS256")
+    url = hub.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with http.ws_connect(url, autoping=True) as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40" + json.dumps({"token": token}))
+        texts: list[str] = []
+        async with asyncio.timeout(10):  # expiry in <= 3 s; the ping timeout would be 25 s + 20 s
+            while (msg := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                texts.append(msg.data)  # never answers, never closes: like a client ignoring CLOSE
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+        assert any('"session.closing"' in t for t in texts) and texts[-1] == "1", texts
+
+
 # ---------------------------------------------------------------- namespace watchdog
 
 
