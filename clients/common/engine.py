@@ -8,14 +8,18 @@ Guarantees (see docs/protocol.md for the wire rules they follow):
 
 - Connection: one Socket.IO connection at a time (WebSocket, auth ``{"token": ...}``),
   reconnected after any failure with capped, fully jittered exponential backoff (0.5 s
-  doubling to ``backoff_cap``), reset by every ``welcome``. The token is read again at
-  every connect (:meth:`SyncEngine.set_token`). A refused or expired token is reported
-  in :attr:`SyncEngine.state` (``token_error``) and retried at the capped pace.
+  doubling to ``backoff_cap``), reset once a connection completed its initial sync (a
+  hub that welcomes and then fails every sync is retried at a growing pace). The token
+  is read again at every connect (:meth:`SyncEngine.set_token`). A refused or expired
+  token is reported in :attr:`SyncEngine.state` (``token_error``, kept until the next
+  connection succeeds) and retried at the capped pace.
 - Catch-up: on every connect, after a gap, an epoch change or a ``resync`` frame the
   engine sends ``sync`` with its cursors and pages every stream found behind with
   ``catchup``; each page is applied in one local transaction. ``recovered: false`` drops
-  the local copy of that stream and restarts it at seq 0 of the given epoch. Streams the
-  hub no longer shows are dropped. Progress is reported as ``syncing done/total``.
+  the local copy of that stream (entries and read marks) and restarts it at seq 0 of
+  the given epoch. Streams the hub no longer shows, refuses, or whose held cursor is
+  malformed are dropped. The order, conversation and wishlist lists are read after the
+  catch-up. Progress is reported as ``syncing done/total``.
 - Live frames are applied one at a time in arrival order: ``seq <= cursor`` ignored,
   ``cursor + 1`` applied, a higher seq is a gap (catch-up), another epoch a resync.
   Frames that arrive while a catch-up runs wait their turn (at most ``MAX_BUFFERED``;
@@ -57,8 +61,8 @@ from clients.common.store import (
     job_order_of,
 )
 from protocol import events
-from protocol.codec import to_wire
-from protocol.errors import ErrorCode
+from protocol.codec import decode_value, to_wire
+from protocol.errors import ErrorCode, SokoError
 from protocol.ids import StreamKind, inventory, parse_stream
 from protocol.messages import (
     MAX_CURSORS,
@@ -331,7 +335,6 @@ class SyncEngine:
             token = self._token() if callable(self._token) else self._token
             welcome = await link.connect(self.hub_url, token)
             await self.store.bind(welcome.user, welcome.role)
-            self._failures = 0
             self._set_state(
                 phase="syncing",
                 done=0,
@@ -354,7 +357,9 @@ class SyncEngine:
                 failure = None if task is lost or task.cancelled() else task.exception()
                 if failure is not None:
                     raise failure
-            raise LinkLostError(self._state.error or "the connection to the hub dropped")
+            if self._state.error is not None:  # the hub said why (session.closing)
+                raise _SessionEnded(self._state.error, token_error=self._state.token_error)
+            raise LinkLostError("the connection to the hub dropped")
         except TokenRejectedError as exc:
             return self._failed(str(exc), token_error=True)
         except _SessionEnded as exc:
@@ -445,8 +450,12 @@ class SyncEngine:
             self._failures = max(self._failures, _SLOWEST_ATTEMPT)
 
     async def _dispatch(self, link: Link) -> None:
-        """Initial sync, then every queued frame and command, one at a time, in order."""
+        """Initial sync, then every queued frame and command, one at a time, in order.
+
+        The reconnect backoff restarts only once the initial sync completed: a hub that
+        accepts the connection and then fails every sync is retried at a growing pace."""
         await self._full_sync(link)
+        self._failures = 0
         while True:
             if self._overflow:
                 self._overflow = False
@@ -564,24 +573,37 @@ class SyncEngine:
     # ------------------------------------------------------------------ catch-up
 
     async def _full_sync(self, link: Link) -> None:
-        """Watches again, then ``sync`` and catch-up of every stream behind; ends ``live``."""
-        await self._refresh_lists(link)
+        """Watches again, ``sync`` and catch-up of every stream behind, then the lists (orders,
+        conversations, wishlist: read after the history, so they win over it); ends ``live``.
+
+        A held cursor the protocol would refuse (a malformed stream id or epoch) is dropped
+        with its stream and logged, so it cannot get the whole ``sync`` refused."""
         for boutique in sorted(self._stock_watches):
             await self._guarded(self._watch_stock_now(link, boutique))
         for order_id in sorted(self._track_watches):
             await self._guarded(self._watch_track_now(link, order_id))
-        held = await self.store.cursors()
-        cursors = [
-            Cursor(stream=c.stream, epoch=c.epoch, seq=c.seq if c.epoch else 0)
-            for c in held
-            if not c.stream.startswith("inv:")
-        ][:MAX_CURSORS]
-        reply = await self._request(link, events.SYNC, to_wire(SyncRequest(cursors=cursors)), SyncReply)
-        visible = {s.stream for s in reply.streams}
-        for c in held:
-            if not c.stream.startswith("inv:") and c.stream not in visible:
+        held: list[str] = []
+        cursors: list[Cursor] = []
+        for c in await self.store.cursors():
+            if c.stream.startswith("inv:"):
+                continue
+            wire = {"stream": c.stream, "epoch": c.epoch, "seq": c.seq if c.epoch else 0}
+            try:
+                cursors.append(decode_value(wire, Cursor))
+            except SokoError as exc:
+                log.warning("engine: dropping %r, a malformed cursor: %s", c.stream, exc)
                 await self.store.forget_stream(c.stream)
                 self._emit(Change("entries", stream=c.stream))
+                continue
+            held.append(c.stream)
+        reply = await self._request(
+            link, events.SYNC, to_wire(SyncRequest(cursors=cursors[:MAX_CURSORS])), SyncReply
+        )
+        visible = {s.stream for s in reply.streams}
+        for stream in held:
+            if stream not in visible:
+                await self.store.forget_stream(stream)
+                self._emit(Change("entries", stream=stream))
         behind: list[str] = []
         total = 0
         for status in reply.streams:
@@ -599,12 +621,13 @@ class SyncEngine:
         self._set_state(phase="syncing", done=0, total=total)
         for stream in behind:
             await self._catch_up(link, stream)
+        await self._refresh_lists(link)
         self._set_state(phase="live", done=0, total=0)
 
     async def _catch_up(self, link: Link, stream: str) -> None:
         """Page ``stream`` from its cursor until the hub has no more, one local transaction per
         page, adding the applied entries to the state's ``done``. A stream the hub
-        refuses (``forbidden``, ``not_found``) is dropped."""
+        refuses (``forbidden``, ``not_found``, ``invalid_id``) is dropped and logged."""
         while True:
             cursor = await self.store.cursor(stream)
             request = CatchupRequest(
@@ -613,7 +636,8 @@ class SyncEngine:
             try:
                 page = await self._request(link, events.CATCHUP, to_wire(request), CatchupPage)
             except RequestRefused as exc:
-                if exc.error.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND):
+                if exc.error.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.INVALID_ID):
+                    log.warning("engine: dropping the local copy of %s: %s", stream, exc)
                     await self.store.forget_stream(stream)
                     self._emit(Change("entries", stream=stream))
                     return
@@ -875,6 +899,8 @@ class SyncEngine:
             )
             if item.kind == "chat":
                 self._emit(Change("entries", stream=item.stream))
+            elif item.kind == "delivery":
+                self._emit(Change("job", order_id=item.order_id))
             return
         if settled:
             self._emit(

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_args
 
 import msgspec
 from ulid import ULID
@@ -56,6 +56,7 @@ from protocol.messages import (
     DurableFrame,
     NotificationFrame,
     NotifyReadRequest,
+    OrderStatus,
     OrderView,
     PositionFrame,
     ReadFrame,
@@ -157,13 +158,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     order_id    TEXT PRIMARY KEY,
     assigned_ts INTEGER NOT NULL,
     step        TEXT,
-    step_acked  INTEGER NOT NULL DEFAULT 1
+    step_acked  INTEGER NOT NULL DEFAULT 1,
+    acked_step  TEXT,
+    failed_step TEXT,
+    step_error  TEXT
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_JOB_COLUMNS_SINCE_V1 = ("acked_step TEXT", "failed_step TEXT", "step_error TEXT")
+"""Columns added to ``jobs`` after its first version; :meth:`LocalStore.open` adds them to older files."""
+
 ENDED_STATUSES = frozenset({"delivered", "cancelled"})
 """Order statuses after which nothing changes and nobody is tracked."""
+STATUS_ORDER: tuple[str, ...] = get_args(OrderStatus)
+"""Order statuses in the order an order moves through them: ``protocol.messages.OrderStatus``
+lists them by the hub's rank (``hub.domains.orders.STATUS_RANK``; a test holds the two equal).
+A status is never replaced by one earlier in this order."""
+_STATUS_RANK = {status: rank for rank, status in enumerate(STATUS_ORDER)}
 
 
 class StoreError(Exception):
@@ -289,7 +301,10 @@ class Job:
 
     ``status``: the order's status at the hub (None until the order itself is known);
     ``step``: the last step the driver took here (``accepted``, ``picked_up``, ``delivered``),
-    ``step_pending`` while it is still in the outbox.
+    ``step_pending`` while it is still in the outbox. When the hub refuses a step for good
+    (e.g. the order was reassigned), ``step`` goes back to the last step the hub accepted
+    (unless another step is still pending) and ``failed_step``/``step_error`` say which
+    step was refused and why, until the driver takes another step.
     """
 
     order_id: str
@@ -299,6 +314,8 @@ class Job:
     shopper_id: str | None
     step: str | None
     step_pending: bool
+    failed_step: str | None = None
+    step_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +401,10 @@ class LocalStore:
             try:
                 conn = _connect(str(store.path))
                 conn.executescript(_SCHEMA)
+                have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+                for column in _JOB_COLUMNS_SINCE_V1:
+                    if column.split()[0] not in have:
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{store.path} is not a usable store ({exc})") from None
             store._conn = conn
@@ -709,11 +730,11 @@ class LocalStore:
             me = self._user
             rows = self._c.execute(
                 "SELECT j.order_id, j.assigned_ts, o.status, o.boutique_id, o.shopper_id, j.step, "
-                "j.step_acked FROM jobs j LEFT JOIN orders o ON o.order_id = j.order_id "
-                "WHERE o.driver_id IS NULL OR o.driver_id = ?",
+                "j.step_acked, j.failed_step, j.step_error FROM jobs j "
+                "LEFT JOIN orders o ON o.order_id = j.order_id WHERE o.driver_id IS NULL OR o.driver_id = ?",
                 (me,),
             ).fetchall()
-            jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5], not r[6]) for r in rows]
+            jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5], not r[6], r[7], r[8]) for r in rows]
             jobs.sort(key=lambda j: (j.status in ENDED_STATUSES, -j.assigned_ts, j.order_id))
             return jobs
 
@@ -836,7 +857,8 @@ class LocalStore:
 
     async def queue_delivery(self, order_id: str, step: DeliveryStep) -> str:
         """Queue ``delivery.update`` of ``step`` for the driver's job ``order_id`` (its ``event_id``
-        is a new ULID, returned) and record the step on the job at once (``step_pending``).
+        is a new ULID, returned) and record the step on the job at once (``step_pending``;
+        an earlier refusal shown on the job is cleared).
 
         Raises:
             ValueError: ``step`` is not ``accepted``, ``picked_up`` or ``delivered``.
@@ -851,7 +873,8 @@ class LocalStore:
             with _tx(conn):
                 conn.execute(
                     "INSERT INTO jobs (order_id, assigned_ts, step, step_acked) VALUES (?, ?, ?, 0) "
-                    "ON CONFLICT (order_id) DO UPDATE SET step = excluded.step, step_acked = 0",
+                    "ON CONFLICT (order_id) DO UPDATE SET step = excluded.step, step_acked = 0, "
+                    "failed_step = NULL, step_error = NULL",
                     (order_id, _now_ms(), step),
                 )
                 self._insert_outbox(conn, event_id, "delivery", payload, order_id=order_id)
@@ -977,30 +1000,50 @@ class LocalStore:
         return await self._run(run)
 
     async def settle_delivery(self, item_id: int, reply: DeliveryUpdated) -> bool:
-        """The hub applied (or had applied) the delivery step of item ``item_id``: remove it and
-        take the order's status from ``reply``. Returns False when the item was no longer pending."""
+        """The hub applied (or had applied) the delivery step of item ``item_id``: remove it,
+        record its step as the job's last accepted one (clearing an earlier refusal) and take
+        the order's status from ``reply`` unless the order is already further along (a newer
+        ``order.updated`` may have been applied first; see :data:`STATUS_ORDER`). Returns
+        False when the item was no longer pending."""
 
         def run() -> bool:
             conn = self._c
             with _tx(conn):
                 row = conn.execute(
-                    "SELECT client_id FROM outbox WHERE id = ? AND status = 'pending'", (item_id,)
+                    "SELECT payload FROM outbox WHERE id = ? AND status = 'pending' AND kind = 'delivery'",
+                    (item_id,),
                 ).fetchone()
                 if row is None:
                     return False
+                update = msgspec.json.decode(row[0], type=DeliveryUpdate)
                 conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-                still = conn.execute(
-                    "SELECT 1 FROM outbox WHERE kind = 'delivery' AND order_id = ? AND status = 'pending'",
-                    (reply.order_id,),
-                ).fetchone()
-                if still is None:
-                    conn.execute("UPDATE jobs SET step_acked = 1 WHERE order_id = ?", (reply.order_id,))
                 conn.execute(
-                    "UPDATE orders SET status = ? WHERE order_id = ?", (reply.status, reply.order_id)
+                    "UPDATE jobs SET acked_step = ?, failed_step = NULL, step_error = NULL "
+                    "WHERE order_id = ?",
+                    (update.step, update.order_id),
                 )
+                if not self._delivery_pending(conn, update.order_id):
+                    conn.execute("UPDATE jobs SET step_acked = 1 WHERE order_id = ?", (update.order_id,))
+                held = conn.execute(
+                    "SELECT status FROM orders WHERE order_id = ?", (reply.order_id,)
+                ).fetchone()
+                if held is not None and _STATUS_RANK.get(reply.status, -1) > _STATUS_RANK.get(held[0], -1):
+                    conn.execute(
+                        "UPDATE orders SET status = ? WHERE order_id = ?", (reply.status, reply.order_id)
+                    )
             return True
 
         return await self._run(run)
+
+    @staticmethod
+    def _delivery_pending(conn: sqlite3.Connection, order_id: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM outbox WHERE kind = 'delivery' AND order_id = ? AND status = 'pending'",
+                (order_id,),
+            ).fetchone()
+            is not None
+        )
 
     async def settle_wishlist(self, item_id: int, items: Sequence[WishlistItem] | None) -> bool:
         """The hub applied the wishlist change of item ``item_id``: remove it and, when no other
@@ -1037,12 +1080,27 @@ class LocalStore:
 
     async def fail(self, item_id: int, error: str) -> None:
         """The hub refused item ``item_id`` for good: keep it as ``failed`` with ``error``; it is
-        never sent again. A failed delivery step leaves the job's step as it was acked."""
+        never sent again. For a delivery step the job shows the refusal (``failed_step``,
+        ``step_error``) and, unless another step of that job is still pending, goes back to
+        the last step the hub accepted, no longer pending."""
 
         def run() -> None:
             conn = self._c
             with _tx(conn):
+                row = conn.execute("SELECT kind, payload FROM outbox WHERE id = ?", (item_id,)).fetchone()
                 conn.execute("UPDATE outbox SET status = 'failed', error = ? WHERE id = ?", (error, item_id))
+                if row is None or row[0] != "delivery":
+                    return
+                update = msgspec.json.decode(row[1], type=DeliveryUpdate)
+                conn.execute(
+                    "UPDATE jobs SET failed_step = ?, step_error = ? WHERE order_id = ?",
+                    (update.step, error, update.order_id),
+                )
+                if not self._delivery_pending(conn, update.order_id):
+                    conn.execute(
+                        "UPDATE jobs SET step = acked_step, step_acked = 1 WHERE order_id = ?",
+                        (update.order_id,),
+                    )
 
         await self._run(run)
 
@@ -1083,8 +1141,8 @@ class LocalStore:
         await self._run(run)
 
     async def reset_stream(self, stream: str, epoch: str | None, head: int = 0) -> None:
-        """Drop the local copy of ``stream`` (entries, and for ``inv:`` nothing else: stock keeps its
-        versions) and restart its cursor at seq 0 of ``epoch``."""
+        """Drop the local copy of ``stream`` (entries and read marks, also unsent ones; for ``inv:``
+        stock keeps its versions) and restart its cursor at seq 0 of ``epoch``."""
 
         def run() -> None:
             conn = self._c
@@ -1095,11 +1153,20 @@ class LocalStore:
 
     @staticmethod
     def _reset(conn: sqlite3.Connection, stream: str, epoch: str | None, head: int) -> None:
+        """Drop entries, read marks and unsent read marks (seqs of the old epoch mean nothing in
+        the new one)."""
         conn.execute("DELETE FROM entries WHERE stream = ?", (stream,))
         conn.execute(
+            "DELETE FROM outbox WHERE stream = ? AND kind IN ('read', 'notify_read') AND status = 'pending'",
+            (stream,),
+        )
+        conn.execute(
             "INSERT INTO streams (stream, epoch, seq, head) VALUES (?, ?, 0, ?) ON CONFLICT (stream) "
-            "DO UPDATE SET epoch = excluded.epoch, seq = 0, head = excluded.head",
+            "DO UPDATE SET epoch = excluded.epoch, seq = 0, head = excluded.head, read_seq = 0",
             (stream, epoch or None, head),
+        )
+        conn.execute(
+            "UPDATE conversations SET head = 0, read_seq = 0, peer_read_seq = 0 WHERE stream = ?", (stream,)
         )
 
     async def forget_stream(self, stream: str) -> None:
@@ -1324,7 +1391,8 @@ class LocalStore:
     async def set_orders(self, orders: Iterable[OrderView], *, complete: bool = False) -> None:
         """Store these orders; for a driver, each assigned to the store's user becomes a job.
         ``complete``: the hub listed every order of ours, so others held here are dropped
-        (with their positions and finished jobs)."""
+        with their positions and jobs (a job whose step is still in the outbox stays): an
+        order reassigned to another driver leaves the job list."""
         views = list(orders)
 
         def run() -> None:
@@ -1337,6 +1405,12 @@ class LocalStore:
                     marks = ",".join("?" * len(keep)) or "''"
                     conn.execute(f"DELETE FROM orders WHERE order_id NOT IN ({marks})", keep)  # noqa: S608
                     conn.execute(f"DELETE FROM positions WHERE order_id NOT IN ({marks})", keep)  # noqa: S608
+                    conn.execute(
+                        f"DELETE FROM jobs WHERE order_id NOT IN ({marks}) AND order_id NOT IN "  # noqa: S608
+                        "(SELECT order_id FROM outbox WHERE kind = 'delivery' AND status = 'pending' "
+                        "AND order_id IS NOT NULL)",
+                        keep,
+                    )
 
         await self._run(run)
 

@@ -125,16 +125,20 @@ async def _texts_are(store: LocalStore, expected: list[str]) -> bool:
 
 
 @pytest.mark.asyncio
-async def test_recovered_false_drops_the_local_copy_and_resyncs_from_the_new_epoch(
+async def test_recovered_false_drops_the_local_copy_and_its_read_marks_and_resyncs(
     hub_factory: HubFactory, engines: Engines, tmp_path: Path
 ) -> None:
     old = await hub_factory(data=tmp_path / "old-hub")
     store = await engines.store()
-    engines.start(old.url, old.token("shopper", SHOPPER), store)
+    engine = engines.start(old.url, old.token("shopper", SHOPPER), store)
     async with HubReader(old) as staff:
         for text in ("a", "b", "c"):
             await staff.ok("chat.send", {"stream": STREAM, "client_id": f"old-{text}", "text": text})
-    await eventually(lambda: _texts_are(store, ["a", "b", "c"]), "the old history")
+        await eventually(lambda: _texts_are(store, ["a", "b", "c"]), "the old history")
+        await engine.mark_read(STREAM, 3)
+        await staff.ok("chat.read", {"stream": STREAM, "seq": 3})
+        await eventually(lambda: _peer_read_is(store, 3), "the old read receipt")
+        await eventually(lambda: _none_pending(store), "the old read mark's ack")
     old_epoch = (await store.cursor(STREAM)).epoch
     await old.stop()
 
@@ -149,6 +153,16 @@ async def test_recovered_false_drops_the_local_copy_and_resyncs_from_the_new_epo
     assert cursor.epoch == hub_entries[0]["epoch"] != old_epoch
     assert cursor.seq == 2
     assert [(m.seq, m.text) for m in await store.messages(STREAM)] == [(1, "x"), (2, "y")]
+
+    # Read marks of the old epoch mean nothing in the new one: both entries are unread, and
+    # reading the first of them is told to the hub.
+    [conversation] = await store.conversations()
+    assert (conversation.unread, conversation.read_seq, conversation.peer_read_seq) == (2, 0, 0)
+    await engine.mark_read(STREAM, 1)
+    await eventually(lambda: _none_pending(store), "the new read mark's ack")
+    async with HubReader(new, "shopper", SHOPPER) as shopper:
+        listed = await shopper.ok("chat.list", {"limit": 10})
+    assert [(c["stream"], c["read_seq"]) for c in listed["conversations"]] == [(STREAM, 1)]
 
 
 @pytest.mark.asyncio

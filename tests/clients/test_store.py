@@ -1,4 +1,5 @@
-"""The local store on its own: cursor rules, resets, latest-value stock, the outbox, owners."""
+"""The local store on its own: cursor rules, resets, latest-value stock, the outbox, owners,
+driver jobs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from clients.common.store import LocalStore, StoreOwnerError
-from protocol.messages import ChatFrame, ChatSent, NotificationFrame, StockFrame, StockItem, StockSnapshot
+from clients.common.store import STATUS_ORDER, LocalStore, StoreOwnerError
+from hub.domains.orders import STATUS_RANK
+from protocol.messages import (
+    ChatFrame,
+    ChatSent,
+    DeliveryUpdated,
+    NotificationFrame,
+    OrderView,
+    ReadFrame,
+    StockFrame,
+    StockItem,
+    StockSnapshot,
+)
 
 S = "chat:b:boutique-a:shopper-1"
 ME = "shopper-1"
+INBOX = "inbox:u:shopper-1"
 
 
 def chat(seq: int, text: str | None = None, epoch: str = "E1", author: str = "staff-1") -> ChatFrame:
@@ -43,10 +56,38 @@ def stock(seq: int, version: int, level: int) -> StockFrame:
     )
 
 
+def note(seq: int, epoch: str) -> NotificationFrame:
+    return NotificationFrame(
+        stream=INBOX, seq=seq, epoch=epoch, ts=seq, id=f"n{epoch}{seq}", category="system", title="t", body=""
+    )
+
+
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
     opened = await LocalStore.open(tmp_path / "s.db")
     await opened.bind(ME, "shopper")
+    yield opened
+    await opened.close()
+
+
+DRIVER = "driver-1"
+
+
+def order(order_id: str, status: str = "ready", driver: str | None = DRIVER, ts: int = 1) -> OrderView:
+    return OrderView(
+        order_id=order_id,
+        shopper_id=ME,
+        boutique_id="boutique-a",
+        status=status,
+        driver_id=driver,
+        updated_ts=ts,
+    )
+
+
+@pytest_asyncio.fixture
+async def driver(tmp_path: Path) -> AsyncIterator[LocalStore]:
+    opened = await LocalStore.open(tmp_path / "driver.db")
+    await opened.bind(DRIVER, "driver")
     yield opened
     await opened.close()
 
@@ -148,3 +189,83 @@ async def test_a_store_belongs_to_one_user(store: LocalStore) -> None:
         await store.bind("someone-else", "shopper")
     with pytest.raises(ValueError):
         await store.queue_chat("inbox:u:shopper-1", "not a chat")
+
+
+@pytest.mark.asyncio
+async def test_a_new_epoch_resets_read_marks_so_new_entries_are_unread(store: LocalStore) -> None:
+    for seq in range(1, 6):
+        assert await store.apply_frame(note(seq, "N1")) == "applied"
+        assert await store.apply_frame(chat(seq)) == "applied"
+    assert await store.queue_read(INBOX, 5) is not None
+    assert await store.queue_read(S, 5) is not None
+    await store.set_read(ReadFrame(stream=S, party="boutique:boutique-a", seq=5), mine=False)
+    [conversation] = await store.conversations()
+    assert (conversation.unread, conversation.read_seq, conversation.peer_read_seq) == (0, 5, 5)
+
+    await store.apply_page(INBOX, "N2", False, [note(1, "N2"), note(2, "N2")], head=2)
+    await store.apply_page(S, "E2", False, [chat(1, epoch="E2"), chat(2, epoch="E2")], head=2)
+    assert await store.pending(10) == [], "unsent marks of the old epoch are not sent"
+    assert [n.read for n in await store.notifications(INBOX)] == [False, False]
+    [conversation] = await store.conversations()
+    assert (conversation.unread, conversation.read_seq, conversation.peer_read_seq) == (2, 0, 0)
+    assert await store.queue_read(INBOX, 2) is not None, "a mark of the new epoch is sent"
+    assert await store.queue_read(S, 1) is not None
+
+
+@pytest.mark.asyncio
+async def test_a_complete_order_list_drops_jobs_of_orders_not_ours_any_more(driver: LocalStore) -> None:
+    await driver.set_orders([order("o1"), order("o2"), order("o3")], complete=True)
+    assert sorted(j.order_id for j in await driver.jobs()) == ["o1", "o2", "o3"]
+    await driver.queue_delivery("o2", "picked_up")
+
+    await driver.set_orders([order("o3")], complete=True)  # o1 and o2 were reassigned meanwhile
+    assert sorted(j.order_id for j in await driver.jobs()) == ["o2", "o3"], "o2's step is still pending"
+    [item] = await driver.pending(10)
+    await driver.fail(item.id, "delivery.update: forbidden")
+    await driver.set_orders([order("o3")], complete=True)
+    assert [j.order_id for j in await driver.jobs()] == ["o3"]
+
+
+@pytest.mark.asyncio
+async def test_a_refused_step_goes_back_to_the_last_accepted_one_and_shows_why(driver: LocalStore) -> None:
+    await driver.set_orders([order("o1")], complete=True)
+    await driver.queue_delivery("o1", "accepted")
+    [accepted] = await driver.pending(10)
+    assert await driver.settle_delivery(accepted.id, DeliveryUpdated("o1", "ready", True, False))
+    await driver.queue_delivery("o1", "picked_up")
+    await driver.queue_delivery("o1", "delivered")
+    picked_up, delivered = await driver.pending(10)
+
+    await driver.fail(picked_up.id, "delivery.update: forbidden (3001): not yours")
+    [job] = await driver.jobs()
+    assert (job.step, job.step_pending, job.failed_step) == ("delivered", True, "picked_up"), "one pending"
+    await driver.fail(delivered.id, "delivery.update: forbidden (3001): not yours")
+    [job] = await driver.jobs()
+    assert (job.step, job.step_pending, job.failed_step) == ("accepted", False, "delivered")
+    assert job.step_error is not None and "forbidden" in job.step_error
+    assert await driver.pending_count() == 0
+
+    await driver.queue_delivery("o1", "picked_up")
+    [job] = await driver.jobs()
+    assert (job.step, job.step_pending, job.failed_step, job.step_error) == ("picked_up", True, None, None)
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_ack_never_moves_the_order_status_back(driver: LocalStore) -> None:
+    await driver.set_orders([order("o1", "ready")], complete=True)
+    await driver.queue_delivery("o1", "picked_up")
+    [item] = await driver.pending(10)
+    await driver.set_order(order("o1", "delivered", ts=2))  # a newer order.updated came first
+    assert await driver.settle_delivery(item.id, DeliveryUpdated("o1", "picked_up", True, False))
+    [job] = await driver.jobs()
+    assert (job.status, job.step, job.step_pending) == ("delivered", "picked_up", False)
+
+    await driver.set_orders([order("o2", "ready")])
+    await driver.queue_delivery("o2", "picked_up")
+    [item] = await driver.pending(10)
+    assert await driver.settle_delivery(item.id, DeliveryUpdated("o2", "picked_up", True, False))
+    assert [o.status for o in await driver.orders() if o.order_id == "o2"] == ["picked_up"], "forward"
+
+
+def test_the_client_status_order_is_the_hubs_rank() -> None:
+    assert list(STATUS_ORDER) == sorted(STATUS_RANK, key=STATUS_RANK.__getitem__)
