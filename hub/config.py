@@ -68,9 +68,9 @@ class Settings:
     send_queue_max: int = 1000
     """Packets a connection may have queued before it is dropped as a slow consumer."""
     send_buffer_max_bytes: int = 1 << 20
-    """Bytes written to a connection and not yet taken by the kernel before it is dropped as a slow consumer."""
+    """Unsent bytes a connection's transport may hold before it is dropped as a slow consumer."""
     ws_deflate: bool = False
-    """Negotiate WebSocket permessage-deflate. Off: it costs CPU per recipient and small frames barely shrink."""
+    """Negotiate WebSocket permessage-deflate. Off: CPU per recipient, and small frames barely shrink."""
     namespace_timeout: float = 10.0
     typing_interval: float = 1.0
     """Minimum seconds between two typing indicators of one socket in one stream."""
