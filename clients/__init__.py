@@ -1,1 +1,2 @@
-"""Shopper and driver apps (Kivy) over a shared offline-first sync engine. Not built yet: see issue 5."""
+"""Shopper and driver apps (Kivy, in ``shopper`` and ``driver``, widgets in ``ui``) over the Kivy-free
+offline-first sync engine in ``common``."""

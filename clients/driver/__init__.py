@@ -1,0 +1,1 @@
+"""The driver app (Kivy): ``soko driver --hub URL --token ...``; see :mod:`clients.driver.app`."""
