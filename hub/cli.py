@@ -67,6 +67,7 @@ def hub_main(argv: list[str]) -> int:
         print=None,
         loop=uvloop.new_event_loop(),
         shutdown_timeout=settings.shutdown_grace + 3,
+        backlog=settings.listen_backlog,
     )
     return 0
 

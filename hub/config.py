@@ -65,6 +65,9 @@ class Settings:
     rate_burst: int = 40
     rate_strikes: int = 20
     """Rejected events in a row on one socket before it is disconnected."""
+    listen_backlog: int = 4096
+    """TCP listen backlog of ``soko hub`` (capped by the kernel's somaxconn). A reconnect storm after a
+    restart overflows a short queue, and every dropped SYN costs its client 1 s, then 3 s, 7 s..."""
     send_queue_max: int = 1000
     """Packets a connection may have queued before it is dropped as a slow consumer."""
     send_buffer_max_bytes: int = 1 << 20
