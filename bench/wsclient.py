@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Callable
 
 _ZERO_MASK = b"\x00\x00\x00\x00"
@@ -49,6 +50,7 @@ class WsClient(asyncio.Protocol):
         "_upgraded",
         "closed",
         "index",
+        "made_ns",
         "on_message",
         "opened",
         "state",
@@ -74,11 +76,14 @@ class WsClient(asyncio.Protocol):
         self.index = index
         self.state = state
         self.transport: asyncio.Transport | None = None
+        self.made_ns = 0
+        """Wall clock (ns) when the TCP connection was established."""
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self._clock = clock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made_ns = time.time_ns()
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
