@@ -41,12 +41,21 @@ sys.exit(phone_main("{app}"))
 def stage(app: str, out: Path, repo: Path, config: Path | None = None) -> Path:
     """Lay out ``out`` for ``buildozer android debug``; returns ``out``.
 
+    The packaged config may name the hub and other flags but never a token: anyone holding
+    the APK could read it. The token goes in the ``soko.json`` of the app's private
+    directory on the phone, which :func:`phone_main` reads first.
+
     Raises:
-        ValueError: an unknown app, or ``out`` exists and is not empty.
+        ValueError: an unknown app, ``out`` exists and is not empty, or the config holds a token.
         FileNotFoundError: ``repo`` lacks ``protocol/`` or ``clients/``, or the config is missing.
     """
     if app not in APPS:
         raise ValueError(f"unknown app {app!r}; one of {', '.join(APPS)}")
+    if config is not None and "token" in json.loads(config.read_text(encoding="utf-8")):
+        raise ValueError(
+            f"{config}: a token packaged in the APK can be read by anyone who has the APK; "
+            f"put it in {CONFIG_NAME} in the app's private directory on the phone instead"
+        )
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty")
     for package in ("protocol", "clients"):

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("app", ["shopper", "driver"])
 def test_stage_lays_out_what_buildozer_packages(app: str, tmp_path: Path) -> None:
     config = tmp_path / "soko.json"
-    config.write_text(json.dumps({"hub": "https://hub.example", "token": "t"}), encoding="utf-8")
+    config.write_text(json.dumps({"hub": "https://hub.example"}), encoding="utf-8")
     out = stage(app, tmp_path / "build", REPO, config)
     spec = configparser.ConfigParser()
     spec.read(out / "buildozer.spec")
@@ -51,6 +51,14 @@ def test_stage_lays_out_what_buildozer_packages(app: str, tmp_path: Path) -> Non
         check=True,
     )
     assert Path(done.stdout.strip()).is_relative_to(out), done.stdout
+
+
+def test_stage_refuses_to_package_a_token(tmp_path: Path) -> None:
+    config = tmp_path / "soko.json"
+    config.write_text(json.dumps({"hub": "https://hub.example", "token": "secret"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="private directory"):
+        stage("shopper", tmp_path / "build", REPO, config)
+    assert not (tmp_path / "build").exists()
 
 
 def test_stage_refuses_a_non_empty_directory(tmp_path: Path) -> None:
