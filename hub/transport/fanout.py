@@ -117,8 +117,8 @@ class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
         close_timeout: seconds an evicted connection gets to read its
             ``session.closing`` frame before its TCP connection is aborted. The abort
             is what frees a peer that stopped reading altogether, whose writer would
-            otherwise stay blocked forever; it applies to connections that opened
-            directly over websocket on aiohttp (see :meth:`_evict`).
+            otherwise stay blocked forever; it applies to WebSocket connections on
+            aiohttp, direct or upgraded from polling (see :meth:`_evict`).
         max_buffer_bytes: most bytes one connection's transport may hold unsent (beyond
             what the kernel took) before it counts as a slow consumer. Must be at least 1.
         websocket_deflate: negotiate permessage-deflate with clients that offer it. Off by
