@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-import socketio
 
 from clients.common.engine import SyncEngine
 from clients.common.state import Change, SyncState
@@ -22,6 +21,7 @@ from hub.app import STORE
 from hub.domains.entries import ChatPayload, encode_payload
 from protocol.ids import boutique_chat
 from tests.support.hub import RunningHub
+from tests.support.peer import Peer
 
 HubFactory = Callable[..., Awaitable[RunningHub]]
 BOUTIQUE = "boutique-a"
@@ -108,48 +108,15 @@ async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
     await made.close()
 
 
-class HubReader:
-    """A socket of its own (staff by default) to read what the hub stores and to act as the
-    other party; records every server event it receives."""
+class HubReader(Peer):
+    """A :class:`Peer` of its own (staff by default) to read what the hub stores and to act as
+    the other party of the test's conversation."""
 
     def __init__(self, hub: RunningHub, role: str = "staff", sub: str = "staff-1", boutique: str = BOUTIQUE):
-        self.url = hub.url
-        self.token = hub.token(role, sub, boutique if role == "staff" else None)
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: list[tuple[str, Any]] = []
-        self.sio.on("*", self._record)
-
-    async def _record(self, event: str, data: Any) -> None:
-        self.events.append((event, data))
-
-    def of(self, event: str) -> list[Any]:
-        """The payloads of every ``event`` received so far, in order."""
-        return [d for e, d in self.events if e == event]
-
-    async def __aenter__(self) -> HubReader:
-        await self.sio.connect(
-            self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=10
-        )
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.sio.disconnect()
-
-    async def ok(self, event: str, data: Any) -> Any:
-        reply = await self.sio.call(event, data, timeout=10)
-        assert reply["ok"], reply
-        return reply["data"]
+        super().__init__(hub.url, hub.token(role, sub, boutique if role == "staff" else None))
 
     async def history(self, stream: str = STREAM) -> list[dict[str, Any]]:
-        """Every entry of ``stream``, ascending (pages of 500 backwards)."""
-        entries: list[dict[str, Any]] = []
-        before = None
-        while True:
-            page = await self.ok("chat.history", {"stream": stream, "before": before, "limit": 500})
-            entries[:0] = page["entries"]
-            if not page["has_more"] or not page["entries"]:
-                return entries
-            before = page["entries"][0]["seq"]
+        return await super().history(stream)
 
 
 async def append_silently(

@@ -10,8 +10,9 @@ import pytest
 from clients.driver.cli import sample_route
 from clients.driver.gps import RouteSource, load_route
 from protocol.ids import order_chat
-from tests.clients.ui_support import Peer, driver_app, eventually, label_texts, place_order, running, tap
+from tests.clients.ui_support import driver_app, eventually, label_texts, place_order, running, tap
 from tests.clients.ui_support import kivy_blockbuster as blockbuster  # noqa: F401
+from tests.support.peer import Peer
 
 pytestmark = pytest.mark.asyncio
 

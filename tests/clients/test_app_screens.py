@@ -19,7 +19,6 @@ from clients.driver.cli import sample_route
 from clients.driver.gps import RouteSource, load_route
 from protocol.ids import boutique_chat, order_chat
 from tests.clients.ui_support import (
-    Peer,
     TileServer,
     card_with,
     driver_app,
@@ -33,6 +32,7 @@ from tests.clients.ui_support import (
     tap,
 )
 from tests.clients.ui_support import kivy_blockbuster as blockbuster  # noqa: F401
+from tests.support.peer import Peer
 
 pytestmark = pytest.mark.asyncio
 

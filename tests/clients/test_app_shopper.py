@@ -8,7 +8,6 @@ import pytest
 
 from protocol.ids import boutique_chat
 from tests.clients.ui_support import (
-    Peer,
     eventually,
     find,
     label_texts,
@@ -19,6 +18,7 @@ from tests.clients.ui_support import (
     tap,
 )
 from tests.clients.ui_support import kivy_blockbuster as blockbuster  # noqa: F401
+from tests.support.peer import Peer
 
 pytestmark = pytest.mark.asyncio
 

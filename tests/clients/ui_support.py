@@ -318,43 +318,6 @@ def tile_of(lat: float, lon: float, z: int) -> tuple[int, int]:
 # ---------------------------------------------------------------- the other side
 
 
-class Peer:
-    """Another party on the hub (staff, a shopper, a driver) over its own Socket.IO client;
-    records every server event it receives."""
-
-    def __init__(self, url: str, token: str) -> None:
-        import socketio
-
-        self.url, self.token = url, token
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: list[tuple[str, Any]] = []
-        self.sio.on("*", self._record)
-
-    async def _record(self, event: str, data: Any) -> None:
-        self.events.append((event, data))
-
-    def of(self, event: str) -> list[Any]:
-        return [d for e, d in self.events if e == event]
-
-    async def __aenter__(self) -> Peer:
-        await self.sio.connect(
-            self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=10
-        )
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.sio.disconnect()
-
-    async def ok(self, event: str, data: Any) -> Any:
-        reply = await self.sio.call(event, data, timeout=10)
-        assert reply["ok"], reply
-        return reply["data"]
-
-    async def history(self, stream: str) -> list[dict[str, Any]]:
-        page = await self.ok("chat.history", {"stream": stream, "limit": 500})
-        return list(page["entries"])
-
-
 # ---------------------------------------------------------------- the apps under test
 
 
