@@ -36,11 +36,11 @@ import base64
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
-import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from hub.transport.direct import DirectLink, install, text_frame
+from hub.transport.rooms import IndexedRoomManager
 from protocol.codec import to_wire
 from protocol.errors import ErrorCode, SokoError
 from protocol.events import SESSION_CLOSING
@@ -103,7 +103,7 @@ class _SharedFrame(eio_packet.Packet):  # type: ignore[misc]
         return self._wire_b64 if b64 else self._wire
 
 
-class FanoutManager(socketio.AsyncManager):  # type: ignore[misc]
+class FanoutManager(IndexedRoomManager):
     """A client manager whose emits queue one shared frame per local recipient.
 
     Args:
