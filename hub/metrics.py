@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from protocol.messages import StockOutcome
 
@@ -11,6 +14,7 @@ class HubMetrics:
     """Every metric the hub exports. One instance per app."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge("soko_connections", "Sockets connected to the namespace", registry=r)
@@ -125,6 +129,19 @@ class HubMetrics:
             ["state", "outcome"],
             registry=r,
         )
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once and then kept.
+
+        prometheus-client's ``labels`` validates, takes a lock and builds its key on every
+        call; the per-event paths (events in and out, handler latency, errors) call this
+        instead. Label values there come from fixed sets, so the cache stays small.
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def count_device_health(self, state: str, duplicate: bool) -> None:
         """Count one ``device.health`` report by the state it reported and whether it was new."""

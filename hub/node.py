@@ -57,7 +57,7 @@ class Node:
         self._tap = tap
 
     async def publish(self, rooms: Sequence[str], event: str, data: Any, *, skip: str | None = None) -> None:
-        self._metrics.events_out.labels(event).inc()
+        self._metrics.child(self._metrics.events_out, event).inc()
         if self._tap is not None:
             self._tap(rooms, event, data)
         await self._broker.publish(

@@ -319,13 +319,14 @@ class SocketGateway:
         if conn.closing:
             # Temporary: the client should reconnect and send it again, not give the request up.
             return _fail(ErrorCode.UNAVAILABLE, "this connection is closing; reconnect and retry")
-        self._metrics.events_in.labels(event if event in self._handlers else "unknown").inc()
+        metrics = self._metrics
+        metrics.child(metrics.events_in, event if event in self._handlers else "unknown").inc()
         # The socket's own bucket decides who gets strikes; the shared one is the user's budget,
         # so a polite socket is refused (never disconnected) while the user's other device floods.
         own = conn.bucket.take()
         if not own or self._limiter is None or not await self._limiter.allow(conn.rate_key):
             conn.strikes += 0 if own else 1
-            self._metrics.errors.labels(str(int(ErrorCode.RATE_LIMITED))).inc()
+            metrics.child(metrics.errors, str(int(ErrorCode.RATE_LIMITED))).inc()
             if conn.strikes > self._settings.rate_strikes:
                 self._spawn(
                     self.close_with(sid, ErrorCode.RATE_LIMITED, "too many events; slow down", reconnect=True)
@@ -336,7 +337,7 @@ class SocketGateway:
         conn.strikes = 0
         handler = self._handlers.get(event)
         if handler is None:
-            self._metrics.errors.labels(str(int(ErrorCode.UNKNOWN_EVENT))).inc()
+            metrics.child(metrics.errors, str(int(ErrorCode.UNKNOWN_EVENT))).inc()
             return _fail(ErrorCode.UNKNOWN_EVENT, f"unknown event {event[:64]!r}")
         if len(args) != 1:
             return _fail(ErrorCode.BAD_REQUEST, "every event takes exactly one object argument")
@@ -345,14 +346,14 @@ class SocketGateway:
             request = decode_value(args[0], events.CLIENT_EVENTS[event])
             result = await handler(conn.principal, sid, request)
         except SokoError as exc:
-            self._metrics.errors.labels(str(int(exc.code))).inc()
+            metrics.child(metrics.errors, str(int(exc.code))).inc()
             return {"ok": False, "error": to_wire(exc.body())}
         except Exception:
             log.exception("handler for %s failed", event)
-            self._metrics.errors.labels(str(int(ErrorCode.INTERNAL))).inc()
+            metrics.child(metrics.errors, str(int(ErrorCode.INTERNAL))).inc()
             return _fail(ErrorCode.INTERNAL, "internal error; retry later")
         finally:
-            self._metrics.handler_seconds.labels(event).observe(time.perf_counter() - started)
+            metrics.child(metrics.handler_seconds, event).observe(time.perf_counter() - started)
         return {"ok": True, "data": to_wire(result)}
 
     def _build_handlers(self) -> dict[str, Handler]:
