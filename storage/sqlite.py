@@ -1,12 +1,15 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-All writes run on one dedicated thread, each in its own ``BEGIN IMMEDIATE``
-transaction, so seq assignment is atomic and the event loop never blocks on disk.
-Reads run on a second thread with their own connection (WAL lets them proceed
-while a write is in flight). ``synchronous=FULL`` makes every committed write
-survive power loss, which is what "ack after the durable write" requires.
-``commit_stock`` is one such transaction: the event id check, the version check, the
-SKU's new state and its inventory stream entry commit together or not at all.
+All writes run on one dedicated thread, so seq assignment is atomic and the event
+loop never blocks on disk. Each write is one atomic unit (a savepoint); the writes
+that queue up while a commit is in flight are committed together by the next one
+(group commit, :mod:`storage.group_commit`), and each caller hears back only after
+the commit that made its write durable. Reads run on a second thread with their own
+connection (WAL lets them proceed while a write is in flight). ``synchronous=FULL``
+makes every committed write survive power loss, which is what "ack after the
+durable write" requires. ``commit_stock`` is one such unit: the event id check, the
+version check, the SKU's new state and its inventory stream entry commit together
+or not at all.
 
 A database file written by an earlier version opens as it is: tables it lacks are
 created, and columns added since (:data:`_ADDED_COLUMNS`) are added on open.
@@ -20,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +42,7 @@ from storage.base import (
     TrackPointRecord,
     WishRecord,
 )
+from storage.group_commit import GroupCommitter, unit_of_work
 
 T = TypeVar("T")
 
@@ -168,21 +171,9 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back if it raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def _migrate(conn: sqlite3.Connection) -> None:
     """Add the columns of :data:`_ADDED_COLUMNS` that the database lacks. Idempotent."""
-    with _immediate(conn):
+    with unit_of_work(conn):
         for table, columns in _ADDED_COLUMNS.items():
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name, decl in columns:
@@ -203,6 +194,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
+        self._group_commit = GroupCommitter(self._writer_pool, lambda: self._w)
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -223,7 +215,7 @@ class SqliteStore:
             self._writer.executescript(_SCHEMA)
             _migrate(self._writer)
 
-        await self._run_write(init_writer)
+        await asyncio.get_running_loop().run_in_executor(self._writer_pool, init_writer)
         if self._path == ":memory:":
             # A private in-memory database is only visible to its own connection.
             self._reader_pool.shutdown(wait=False)
@@ -237,9 +229,10 @@ class SqliteStore:
         await self._run_read(init_reader)
 
     async def _run_write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which makes its writes atomic with :func:`unit_of_work`) in the next group commit."""
         if self._closed:
             raise RuntimeError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn)
+        return await self._group_commit.run(fn)
 
     async def _run_read(self, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -263,7 +256,7 @@ class SqliteStore:
     ) -> AppendResult:
         def run() -> AppendResult:
             conn = self._w
-            with _immediate(conn):
+            with unit_of_work(conn):
                 existing = _find_entry(conn, author, client_id)
                 if existing is not None:
                     return AppendResult(entry=existing, duplicate=True)
@@ -362,7 +355,7 @@ class SqliteStore:
     async def ack(self, stream: str, user: str, seqs: list[int]) -> None:
         def run() -> None:
             conn = self._w
-            with _immediate(conn):
+            with unit_of_work(conn):
                 row = conn.execute(
                     "SELECT floor FROM ack_floors WHERE stream = ? AND user = ?", (stream, user)
                 ).fetchone()
@@ -534,7 +527,7 @@ class SqliteStore:
 
         def run() -> StockCommit:
             conn = self._w
-            with _immediate(conn):
+            with unit_of_work(conn):
                 original = _find_entry(conn, author, event_id)
                 current = _stock_row(conn, b, sku)
                 if original is not None:
@@ -570,7 +563,7 @@ class SqliteStore:
     ) -> StockRecord:
         def run() -> StockRecord:
             conn = self._w
-            with _immediate(conn):
+            with unit_of_work(conn):
                 conn.execute(
                     f"INSERT INTO stock ({_STOCK_COLUMNS}) "  # noqa: S608 - constant columns
                     "VALUES (?, ?, 0, 0, '{}', 0, ?, ?, 0) "
@@ -706,8 +699,9 @@ class SqliteStore:
             if self._reader is not None and self._reader is not self._writer:
                 self._reader.close()
 
+        await self._group_commit.drain()
         await self._run_read(close_reader)
-        await self._run_write(close_writer)
+        await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_writer)
         self._closed = True
         # Both connections are closed and no work is queued: the idle threads exit on their own.
         self._writer_pool.shutdown(wait=False)
