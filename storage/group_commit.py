@@ -13,13 +13,15 @@ Contract of :meth:`GroupCommitter.run`:
   Each sees the writes of the units before it.
 * A unit's caller hears back only after the ``COMMIT`` that made its writes durable,
   or with an exception, in which case none of its writes were committed.
-* A unit that raises is rolled back alone if it used :func:`unit_of_work` (a savepoint);
-  the other units of its group commit.
+* A unit that raises is rolled back alone (each unit runs in a savepoint); the other
+  units of its group commit.
 * If SQLite rolls the whole transaction back (an I/O error, a full disk), every unit
   of the group that had already run fails with :class:`GroupRolledBack`; none of
   them is reported as committed. The units after it run in a fresh transaction.
 * A caller cancelled while its unit is queued or running does not stop the unit
   (as with ``run_in_executor``); its outcome is discarded.
+* If the event loop cancels the committer itself (shutdown), callers still waiting get
+  a ``RuntimeError``: their writes may or may not have been committed.
 """
 
 from __future__ import annotations
@@ -76,7 +78,14 @@ def unit_of_work(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _commit_group(conn: sqlite3.Connection, units: list[Callable[[], Any]]) -> list[_Outcome]:
-    """Run ``units`` in as few transactions as possible, on the writer thread (see the module contract)."""
+    """Run ``units`` in as few transactions as possible, on the writer thread (see the module contract).
+
+    Raises only when the connection cannot be brought back to a clean state; then no
+    unit of the group may be reported as committed, and the caller fails them all.
+    """
+    if conn.in_transaction:
+        # left open by a failed ROLLBACK of an earlier group: none of it was reported committed
+        conn.execute("ROLLBACK")
     outcomes: list[_Outcome] = []
     first_in_transaction = 0
     try:
@@ -84,13 +93,10 @@ def _commit_group(conn: sqlite3.Connection, units: list[Callable[[], Any]]) -> l
             if not conn.in_transaction:
                 conn.execute("BEGIN IMMEDIATE")
                 first_in_transaction = index
-            try:
-                outcomes.append((True, unit()))
-            except Exception as exc:
-                outcomes.append((False, exc))
+            outcomes.append(_run_unit(conn, unit))
             if not conn.in_transaction:
-                cause = outcomes[index][1] if not outcomes[index][0] else None
-                _fail_since(outcomes, first_in_transaction, index + 1, cause)
+                succeeded, value = outcomes[index]
+                _fail_since(outcomes, first_in_transaction, index + 1, None if succeeded else value)
         if conn.in_transaction:
             try:
                 conn.execute("COMMIT")
@@ -100,6 +106,29 @@ def _commit_group(conn: sqlite3.Connection, units: list[Callable[[], Any]]) -> l
         if conn.in_transaction:
             conn.execute("ROLLBACK")
     return outcomes
+
+
+def _run_unit(conn: sqlite3.Connection, unit: Callable[[], Any]) -> _Outcome:
+    """Run one unit in a savepoint of the open transaction, so that if it raises it leaves nothing behind.
+
+    If even the savepoint cannot be rolled back, the whole transaction is (the group then
+    fails every unit it held); if that fails too, the error propagates.
+    """
+    conn.execute("SAVEPOINT unit")
+    try:
+        result = unit()
+    except Exception as exc:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+            except Exception:
+                conn.execute("ROLLBACK")
+        if isinstance(exc, StopIteration):  # a Future cannot carry StopIteration
+            return (False, RuntimeError(f"write unit raised {exc!r}"))
+        return (False, exc)
+    conn.execute("RELEASE unit")
+    return (True, result)
 
 
 def _fail_since(outcomes: list[_Outcome], start: int, stop: int, cause: BaseException | None) -> None:
@@ -146,7 +175,7 @@ class GroupCommitter:
     async def drain(self) -> None:
         """Wait until every unit queued so far has been committed or has failed."""
         while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+            await asyncio.wait({self._flusher})
 
     def _commit(self, units: list[Callable[[], Any]]) -> list[_Outcome]:
         return _commit_group(self._connection(), units)
@@ -161,7 +190,9 @@ class GroupCommitter:
                 units = [unit for unit, _ in group]
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._commit, units)
-                except Exception as exc:
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
                     outcomes = [(False, exc)] * len(group)
                 for (_, future), (ok, value) in zip(group, outcomes, strict=True):
                     if future.done():
@@ -172,8 +203,10 @@ class GroupCommitter:
                         future.set_exception(value)
                 group = []
         except asyncio.CancelledError:
+            # the loop is shutting down; a group already on the writer thread may still commit
             for _, future in [*group, *self._queued]:
-                future.cancel()
+                if not future.done():
+                    future.set_exception(RuntimeError("the store shut down; this write's outcome is unknown"))
             self._queued.clear()
             raise
         finally:

@@ -199,6 +199,8 @@ class SqliteStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        self._closing = False
+        """Set when :meth:`close` begins: new writes are refused, queued ones are committed."""
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
@@ -229,8 +231,8 @@ class SqliteStore:
         await self._run_read(init_reader)
 
     async def _run_write(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` (which makes its writes atomic with :func:`unit_of_work`) in the next group commit."""
-        if self._closed:
+        """Run ``fn`` atomically in the next group commit; refused once :meth:`close` has begun."""
+        if self._closed or self._closing:
             raise RuntimeError("store is closed")
         return await self._group_commit.run(fn)
 
@@ -518,8 +520,8 @@ class SqliteStore:
     async def commit_stock(
         self, record: StockRecord, *, expected_version: int, event_id: str, payload: bytes, ts: int
     ) -> StockCommit:
-        """As in :class:`storage.base.InventoryStore`: one ``BEGIN IMMEDIATE`` transaction
-        checks the event id, then the version, then writes the state and the entry."""
+        """As in :class:`storage.base.InventoryStore`: one atomic unit checks the event id,
+        then the version, then writes the state and the entry."""
         if record.version != expected_version + 1:
             raise ValueError(f"version {record.version} does not follow expected version {expected_version}")
         b, sku = record.boutique_id, record.sku
@@ -687,8 +689,9 @@ class SqliteStore:
         await self._run_read(lambda: self._r.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             return
+        self._closing = True
 
         def close_writer() -> None:
             if self._writer is not None:
