@@ -52,29 +52,21 @@ class GroupRolledBack(sqlite3.OperationalError):
 def unit_of_work(conn: sqlite3.Connection) -> Iterator[None]:
     """Make the block atomic: rolled back if it raises, kept otherwise.
 
-    Inside a group's transaction the block is a savepoint, made durable by the group's
-    ``COMMIT``; outside one (schema setup) it is its own ``BEGIN IMMEDIATE`` transaction.
+    Inside a group's transaction this adds nothing: the group already runs each unit in
+    a savepoint of its own (:func:`_run_unit`), made durable by the group's ``COMMIT``.
+    Outside one (schema setup) the block is its own ``BEGIN IMMEDIATE`` transaction.
     """
-    if not conn.in_transaction:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    if conn.in_transaction:
+        yield
         return
-    conn.execute("SAVEPOINT unit")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
-        # SQLite may already have rolled the whole transaction back (the group handles that)
         if conn.in_transaction:
-            conn.execute("ROLLBACK TO unit")
-            conn.execute("RELEASE unit")
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("RELEASE unit")
+    conn.execute("COMMIT")
 
 
 def _commit_group(conn: sqlite3.Connection, units: list[Callable[[], Any]]) -> list[_Outcome]:
