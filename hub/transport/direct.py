@@ -3,19 +3,18 @@
 python-engineio sends every packet through a per-connection writer task: a queue
 ``put``, a task wake-up, an ``asyncio.wait_for`` (one more task), aiohttp's frame
 builder and finally ``transport.write``. Profiling the hub under room fan-out put
-more than half of its CPU there. This module lets the fan-out skip all of it for
-connections that are on WebSocket and idle, the way ``websockets.broadcast`` does:
+more than half of its CPU there. This module lets the fan-out and the session
+(:class:`hub.transport.session.HubSocket`) skip all of it for connections that are
+on WebSocket and idle, the way ``websockets.broadcast`` does:
 
 * :class:`DirectWebSocket` replaces engineio's aiohttp WebSocket driver. It is the
   same driver, except that permessage-deflate is off unless asked for, and that while
   the socket is open it registers a :class:`DirectLink` for its Engine.IO session.
-* :class:`WriterAwareQueue` is the Engine.IO send queue, which also tells whether the
-  session's writer is parked waiting for the next packet (holding none).
 * :func:`text_frame` builds an unmasked WebSocket TEXT frame once per emit.
 
 A frame may be written directly only when :meth:`DirectLink.ready` says so: the
-session's queue is empty and its writer idle, so nothing queued earlier is still
-unsent and the direct frame cannot overtake it. Frames are written whole and
+session has nothing queued and no writer holding an unsent packet, so the direct
+frame cannot overtake anything sent earlier. Frames are written whole and
 synchronously, so they never interleave with aiohttp's own frames (pongs, close).
 """
 
@@ -28,7 +27,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-__all__ = ["DirectLink", "DirectWebSocket", "WriterAwareQueue", "install", "text_frame"]
+__all__ = ["DirectLink", "DirectWebSocket", "install", "text_frame"]
 
 _TEXT_FIN: Final = 0x81
 _EIO_CLOSE: Final = "1"
@@ -54,31 +53,6 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-class WriterAwareQueue(asyncio.Queue[Any]):
-    """An :class:`asyncio.Queue` that counts the consumers parked in :meth:`get`.
-
-    Engine.IO's writer takes everything queued in one batch and then sends it, possibly
-    suspending on back-pressure; only while it is parked in ``get`` does it hold no
-    unsent packet. :attr:`writer_idle` is True exactly then (and the queue is empty).
-    """
-
-    def __init__(self, maxsize: int = 0) -> None:
-        super().__init__(maxsize)
-        self._parked = 0
-
-    async def get(self) -> Any:
-        self._parked += 1
-        try:
-            return await super().get()
-        finally:
-            self._parked -= 1
-
-    @property
-    def writer_idle(self) -> bool:
-        """True when the queue is empty and a consumer is waiting in :meth:`get`."""
-        return self._parked > 0 and self.empty()
-
-
 class DirectLink:
     """The open WebSocket of one Engine.IO session, writable without its writer task.
 
@@ -98,14 +72,12 @@ class DirectLink:
     def ready(self) -> bool:
         """True when a frame written now is the next thing the peer receives after what was already sent.
 
-        That needs: the session fully on WebSocket (not mid-upgrade), not closing, its
-        send queue empty with its writer parked, and the WebSocket and TCP connection open.
+        That needs: the session fully on WebSocket (not mid-upgrade), not closing, nothing
+        queued and no writer busy (``writer_idle``), and the WebSocket and TCP connection open.
         """
         socket = self.socket
-        queue = socket.queue
         return (
-            isinstance(queue, WriterAwareQueue)
-            and queue.writer_idle
+            socket.writer_idle
             and socket.upgraded
             and not socket.upgrading
             and not socket.closing
@@ -149,6 +121,8 @@ class DirectWebSocket:
         self._sock: web.WebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self.environ: dict[str, Any] = {}
+        self.link: DirectLink | None = None
+        """This WebSocket's :class:`DirectLink` while it is open; None if it is compressed."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request: web.Request = environ["aiohttp.request"]
@@ -162,10 +136,11 @@ class DirectWebSocket:
         transport = self._transport = request.transport
         link = None
         if isinstance(sid, str) and transport is not None and not sock.compress:
-            link = self._links[sid] = DirectLink(socket, sock, transport)
+            link = self.link = self._links[sid] = DirectLink(socket, sock, transport)
         try:
             await self.handler(self)
         finally:
+            self.link = None
             if link is not None and self._links.get(link.socket.sid) is link:
                 del self._links[link.socket.sid]
         return sock
@@ -209,12 +184,12 @@ class DirectWebSocket:
 
 
 def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bool) -> None:
-    """Make ``eio_server`` (an ``engineio.AsyncServer`` in aiohttp mode) use this module.
+    """Make ``eio_server`` use this module for its WebSocket requests (in aiohttp mode only).
 
-    New sessions get a :class:`WriterAwareQueue`; WebSocket requests go through
-    :class:`DirectWebSocket`, registering into ``links``. Only this server is changed:
-    engineio's driver table is copied, not edited, so other servers in the process keep
-    the stock behaviour.
+    ``eio_server`` must be a :class:`hub.transport.session.HubEngineServer`, whose
+    sessions have the ``writer_idle`` that :meth:`DirectLink.ready` reads. WebSocket
+    requests go through :class:`DirectWebSocket`, registering into ``links``. Only this
+    server is changed: engineio's driver table is copied, not edited.
     """
     if eio_server.async_mode != "aiohttp":
         return
@@ -223,4 +198,3 @@ def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bo
         return DirectWebSocket(handler, server, links, deflate)
 
     eio_server._async = {**eio_server._async, "websocket": websocket}
-    eio_server.create_queue = WriterAwareQueue

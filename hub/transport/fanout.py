@@ -1,14 +1,14 @@
 """Room fan-out that encodes once and never makes a task per recipient (DESIGN.md principle 6).
 
 :class:`FanoutManager` is a python-socketio client manager; pass it as
-``socketio.AsyncServer(client_manager=FanoutManager(...))``.
+``HubSocketServer(client_manager=FanoutManager(...))`` (:mod:`hub.transport.session`).
 
 What it guarantees
     * An emit without an ack callback encodes the Socket.IO packet, the Engine.IO frame
       and the WebSocket frame once. A recipient on WebSocket whose send queue is empty
       and whose writer is idle gets those bytes with one ``transport.write``
       (:mod:`hub.transport.direct`); any other recipient gets the shared frame object
-      appended to its send queue with ``put_nowait``. Either way: no task, no ``await``
+      posted to its session (queued behind what it has not sent yet). Either way: no task, no ``await``
       and no encoding per recipient. The emit returns once every frame is written to
       the transport or queued, not once it is sent.
     * Each connection's backlog is bounded. A connection whose send queue already holds
@@ -41,6 +41,7 @@ from socketio import packet as sio_packet
 
 from hub.transport.direct import DirectLink, install, text_frame
 from hub.transport.rooms import IndexedRoomManager
+from hub.transport.session import HubEngineServer
 from protocol.codec import to_wire
 from protocol.errors import ErrorCode, SokoError
 from protocol.events import SESSION_CLOSING
@@ -108,9 +109,10 @@ class FanoutManager(IndexedRoomManager):
 
     Args:
         max_queue: most Engine.IO frames one connection may have waiting in its send
-            queue before it counts as a slow consumer. Frames the connection's writer
-            has already taken from the queue (one batch, at most ``max_queue`` more)
-            and the socket buffers are not counted. Must be at least 1.
+            queue before it counts as a slow consumer. Frames already taken from the
+            queue (by the WebSocket writer one at a time, by a long-poll one batch of
+            at most ``max_queue`` more) and the socket buffers are not counted. Must be
+            at least 1.
         on_slow_consumer: called synchronously, once per eviction, with the
             Socket.IO sid the emit was addressed to. Exceptions it raises are logged
             and swallowed, so a broken metric never stops a fan-out.
@@ -126,9 +128,9 @@ class FanoutManager(IndexedRoomManager):
             on the wire, and a compressed connection cannot share the prebuilt frame, so
             it always takes the queued path.
 
-    Bounded: per connection, ``max_queue`` queued frames plus one batch in flight, and
-    ``max_buffer_bytes`` in the transport.
-    Control frames that python-socketio queues itself (pings, acks, connect
+    Bounded: per connection, ``max_queue`` queued frames plus what is in flight (one
+    frame on WebSocket, one batch on polling), and ``max_buffer_bytes`` in the transport.
+    Control frames that python-socketio sends itself (pings, acks, connect
     replies, emits with callbacks) bypass the bound; they are few per request.
     """
 
@@ -158,7 +160,13 @@ class FanoutManager(IndexedRoomManager):
         self._eviction_tasks: set[asyncio.Task[None]] = set()
 
     def set_server(self, server: Any) -> None:
-        """Attach to ``server`` (python-socketio calls this once) and take over its WebSocket writes."""
+        """Attach to ``server`` (python-socketio calls this once) and take over its WebSocket writes.
+
+        Raises:
+            TypeError: ``server`` is not a :class:`HubSocketServer`.
+        """
+        if not isinstance(server.eio, HubEngineServer):
+            raise TypeError("FanoutManager needs a HubSocketServer (its sessions take direct writes)")
         super().set_server(server)
         install(server.eio, self._links, self._websocket_deflate)
 
@@ -257,7 +265,7 @@ class FanoutManager(IndexedRoomManager):
             link.write(direct)
         else:
             for frame in frames:
-                queue.put_nowait(frame)
+                socket.post(frame)
 
     def _evict(self, sid: str, eio_sid: str, namespace: str, socket: Any) -> None:
         """Replace a slow consumer's backlog with a ``session.closing`` frame and close it.
@@ -280,10 +288,9 @@ class FanoutManager(IndexedRoomManager):
             queue.task_done()
             saw_sentinel = saw_sentinel or item is None
         for frame in self._encode(SESSION_CLOSING, _slow_consumer_frame(), namespace):
-            queue.put_nowait(frame)
+            socket.post(frame)
         if saw_sentinel:
-            # the websocket handler is already ending and waits for its writer to see this
-            queue.put_nowait(None)
+            socket.post(None)  # the WebSocket was already to be closed after what was queued
         if self._on_slow_consumer is not None:
             try:
                 self._on_slow_consumer(sid)

@@ -27,6 +27,7 @@ from hub.services import Services
 from hub.transport.fanout import FanoutManager, websocket_transport
 from hub.transport.json_codec import OrjsonForSocketIO
 from hub.transport.origin import OriginPolicy
+from hub.transport.session import HubSocketServer
 from protocol import PROTOCOL_VERSION, events
 from protocol import messages as m
 from protocol.codec import decode_value, to_wire
@@ -106,7 +107,7 @@ class SocketGateway:
             websocket_deflate=settings.ws_deflate,
             on_slow_consumer=lambda _sid: metrics.fanout_drops.inc(),
         )
-        self.sio = socketio.AsyncServer(
+        self.sio = HubSocketServer(
             async_mode="aiohttp",
             client_manager=self.manager,
             json=OrjsonForSocketIO,

@@ -7,84 +7,15 @@ import contextlib
 import json
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
-import pytest_asyncio
 import socketio
-from aiohttp import web
 from engineio import packet as eio_packet
 
 from hub.transport.fanout import SLOW_CONSUMER_REASON, FanoutManager
 from tests.support.rawclient import RawClient
-
-ROOM = "room"
-
-
-@dataclass
-class Hub:
-    sio: socketio.AsyncServer
-    manager: FanoutManager
-    url: str
-    http: aiohttp.ClientSession
-    slow: list[str] = field(default_factory=list)
-    disconnects: list[tuple[str, str]] = field(default_factory=list)
-    clients: list[RawClient] = field(default_factory=list)
-
-    async def raw(self) -> RawClient:
-        client = await RawClient.connect(self.http, self.url)
-        self.clients.append(client)
-        return client
-
-
-StartFanoutHub = Callable[..., Awaitable[Hub]]
-
-
-@pytest_asyncio.fixture
-async def fanout_hub() -> AsyncIterator[StartFanoutHub]:
-    """Start a Socket.IO server with a FanoutManager on a random port; every connection joins ROOM."""
-    stack = contextlib.AsyncExitStack()
-
-    async def start(**manager_kwargs: Any) -> Hub:
-        slow: list[str] = []
-        manager = FanoutManager(on_slow_consumer=slow.append, **manager_kwargs)
-        sio = socketio.AsyncServer(client_manager=manager, async_mode="aiohttp")
-        app = web.Application()
-        sio.attach(app)
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port = runner.addresses[0][1]
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        hub = Hub(sio=sio, manager=manager, url=f"http://127.0.0.1:{port}", http=http, slow=slow)
-
-        @sio.event
-        async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
-            await sio.enter_room(sid, ROOM)
-
-        @sio.event
-        async def disconnect(sid: str, reason: str) -> None:
-            hub.disconnects.append((sid, reason))
-
-        @sio.event
-        async def ping_me(sid: str, data: Any) -> Any:
-            return {"pong": data}
-
-        async def stop() -> None:
-            await http.close()  # aborts every client connection at once
-            await manager.wait_evictions()
-            await sio.shutdown()
-            await runner.cleanup()
-
-        stack.push_async_callback(stop)
-        return hub
-
-    async with stack:
-        yield start
+from tests.support.transport_server import ROOM, StartFanoutHub
 
 
 def rss_mb() -> float:
@@ -497,3 +428,10 @@ async def test_evicted_upgraded_session_that_stopped_reading_is_aborted(fanout_h
             await asyncio.sleep(0.05)
     assert (sid, SLOW_CONSUMER_REASON) in hub.disconnects
     await ws.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_refuses_a_server_whose_sessions_cannot_take_direct_writes() -> None:
+    with pytest.raises(TypeError, match="HubSocketServer"):
+        socketio.AsyncServer(client_manager=FanoutManager(), async_mode="aiohttp")

@@ -1,0 +1,108 @@
+"""HubSocket: engineio sessions without per-message tasks, on a real server with real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from engineio import packet as eio_packet
+
+from hub.transport.session import HubSocket
+from tests.support.transport_server import StartFanoutHub
+
+FAST_PINGS = {"ping_interval": 0.2, "ping_timeout": 0.3}
+
+
+def server_task_census() -> Counter[str]:
+    """How many tasks run each coroutine, by qualified name."""
+    return Counter(task.get_coro().__qualname__ for task in asyncio.all_tasks())  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_every_session_is_a_hub_socket_even_after_engineio_replaces_its_table(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    hub = await fanout_hub()
+    first = await hub.raw()
+    assert type(hub.sio.eio.sockets[first.eio_sid]) is HubSocket
+
+    await hub.sio.eio.disconnect()  # closes every session and assigns a fresh, plain dict
+    async with asyncio.timeout(10):
+        await first.closed.wait()
+    second = await hub.raw()
+    assert type(hub.sio.eio.sockets[second.eio_sid]) is HubSocket
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_an_idle_session_runs_no_task_per_read_or_per_ping(fanout_hub: StartFanoutHub) -> None:
+    """engineio's own socket keeps a writer, a read task, a ``wait_for`` on its queue and a
+    sleeping ping task per connection; this one keeps none, beside aiohttp's two."""
+    hub = await fanout_hub(server_options=FAST_PINGS)
+    n = 40
+    before = server_task_census()
+    clients = [await hub.raw() for _ in range(n)]
+    await asyncio.sleep(0.5)  # past two ping exchanges
+    assert all(client.received >= 2 for client in clients), "pings flowed"
+    grown = server_task_census() - before
+
+    per_connection = {name: count for name, count in grown.items() if count >= n}
+    assert per_connection == {
+        "RawClient._read_loop": n,  # the test's own clients
+        "RequestHandler.start": n,
+        "RequestHandler._handle_request": n,
+    }, grown
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_connection_released(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """No read timeout any more: the ping timeout alone must end a silent session."""
+    hub = await fanout_hub(server_options=FAST_PINGS)
+    silent, alive = await hub.raw(), await hub.raw()
+    server_side = hub.sio.environ[silent.eio_sid]["aiohttp.request"].transport
+    silent.pause()
+
+    async with asyncio.timeout(10):
+        while (silent.sid, "ping timeout") not in hub.disconnects:
+            await asyncio.sleep(0.05)
+    async with asyncio.timeout(20):  # the WebSocket close waits up to CLOSE_TIMEOUT_S, then aborts
+        while not server_side.is_closing():
+            await asyncio.sleep(0.1)
+    assert all(sid != alive.sid for sid, _ in hub.disconnects), "the answering peer is kept"
+    assert await alive.emit("ping_me", 7, ack=True) == [{"pong": 7}]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_packet_sent_while_another_is_queued_stays_behind_it(fanout_hub: StartFanoutHub) -> None:
+    """A send writes directly only when nothing queued is unsent; otherwise it queues."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    socket = hub.sio.eio.sockets[client.eio_sid]
+    socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first",1]'))
+    await hub.sio.eio.send(client.eio_sid, '2["second",2]')
+    assert socket.queue.qsize() == 2, "the send must queue behind the pending packet"
+    assert await client.next_event() == ("first", [1])
+    assert await client.next_event() == ("second", [2])
+
+    await hub.sio.eio.send(client.eio_sid, '2["third",3]')
+    assert socket.queue.qsize() == 0, "with the writer idle, the send is written at once"
+    assert await client.next_event() == ("third", [3])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_server_disconnect_sends_close_and_ends_the_websocket(fanout_hub: StartFanoutHub) -> None:
+    """CLOSE goes through the writer, which closes the WebSocket after it."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    await hub.sio.eio.disconnect(client.eio_sid)
+    async with asyncio.timeout(10):
+        await client.closed.wait()
+    assert client.close_reason == "eio close"
+    assert client.eio_sid not in hub.sio.eio.sockets
