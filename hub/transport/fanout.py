@@ -8,14 +8,15 @@ What it guarantees
       and the WebSocket frame once. A recipient on WebSocket whose send queue is empty
       and whose writer is idle gets those bytes with one ``transport.write``
       (:mod:`hub.transport.direct`); any other recipient gets the shared frame object
-      posted to its session (queued behind what it has not sent yet). Either way: no task, no ``await``
-      and no encoding per recipient. The emit returns once every frame is written to
-      the transport or queued, not once it is sent.
+      posted to its session, queued behind what it has not sent yet. No ``await`` and
+      no encoding per recipient; a task only for a WebSocket recipient whose queue was
+      empty and now is not (its session's writer). The emit returns once every frame
+      is written to the transport or queued, not once it is sent.
     * Each connection's backlog is bounded. A connection whose send queue already holds
       ``max_queue`` frames, or whose transport holds ``max_buffer_bytes`` unsent bytes,
       is a slow consumer: its queued frames are dropped, a ``session.closing`` frame
-      (code 3002 ``slow_consumer``, ``reconnect: true``) is queued, and the connection
-      is closed. The client recovers by catch-up from its cursors; nothing more is
+      (code 3002 ``slow_consumer``, ``reconnect: true``) is sent after what it already
+      has, and the connection is closed. The client recovers by catch-up from its cursors; nothing more is
       buffered for it.
     * Frames to one connection keep the order of the emits that queued them: a frame is
       written directly only when nothing queued earlier is still unsent.

@@ -547,8 +547,9 @@ class SocketGateway:
     async def _close_unbound(self, eio_sid: str) -> None:
         """Close the Engine.IO session and, for a websocket, its TCP connection.
 
-        Engine.IO's close only queues a CLOSE packet; a peer that ignores it would keep
-        the connection until the ping timeout, which is what the watchdog prevents.
+        Engine.IO's close sends CLOSE and starts the WebSocket closing handshake; a peer
+        that ignores both would keep the connection for the handshake's timeout, so the
+        transport is aborted after a grace period.
         """
         transport = websocket_transport(self.sio, eio_sid)
         await self._close_session(eio_sid, "namespace timeout")

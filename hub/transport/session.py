@@ -1,24 +1,24 @@
 """Engine.IO sessions without a task per message (DESIGN.md principle 6).
 
 python-engineio's ``AsyncSocket`` wraps every WebSocket read in a new task plus an
-``asyncio.wait_for`` timer, makes its writer wait for the send queue through
-``wait_for`` as well (one more task per wake-up), and sleeps out each ping interval in
-a task of its own. That is work per inbound message (GPS fixes, chat) and memory per
-idle connection. :class:`HubSocket` keeps engineio's protocol, state flags, send queue
-and writer, and changes only how a session waits and sends:
+``asyncio.wait_for`` timer, keeps a writer task parked in ``wait_for`` on its send
+queue for the whole session, and sleeps out each ping interval in a task of its own.
+That is work per inbound message (GPS fixes, chat) and memory per idle connection.
+:class:`HubSocket` keeps engineio's protocol, state flags and send queue, and changes
+only how a session waits and sends:
 
 * Reads await the WebSocket directly. A peer that goes silent is found by the ping
-  timeout, which engineio's service task checks for every session, not by a timer per
-  read. Oversized messages are refused by aiohttp (``max_msg_size``), which ends the
-  session as engineio's own size check does.
-* On WebSocket the writer awaits its queue without a timeout; long-polling requests
-  keep engineio's, which ends a poll the client abandoned.
+  timeout, which engineio's service task checks for every session (so
+  ``monitor_clients=False`` is refused), not by a timer per read.
 * A ping is one loop timer (``call_later``), not a sleeping task.
-* A packet sent while the session's :class:`~hub.transport.direct.DirectLink` is ready
-  is written to the WebSocket at once, by the rule the fan-out follows, so an ack or a
-  ping does not wake the writer. CLOSE always goes through the writer, which closes
-  the WebSocket after sending it.
+* A packet sent while nothing is queued and the session's
+  :class:`~hub.transport.direct.DirectLink` is ready is written to the WebSocket at
+  once, by the rule the fan-out follows. Anything else is queued, and a writer task
+  runs only while the queue is not empty. CLOSE always goes through the writer,
+  which closes the WebSocket after sending it.
+* Closing a session closes its WebSocket, which engineio left to its read timeout.
 
+Long-polling sessions are engineio's, except for the ping timer.
 :class:`HubSocketServer` is ``socketio.AsyncServer`` with sessions of this kind.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import engineio
@@ -48,7 +49,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
 
     On WebSocket the send queue holds only what could not be written at once, and a
     writer task exists only while it is not empty. ``None`` in the queue means "close
-    the WebSocket once everything before it is sent".
+    the WebSocket once everything before it is sent". Once the WebSocket is closing or
+    gone, packets are dropped, as engineio drops what its writer could not send.
     """
 
     last_ping: float | None
@@ -57,11 +59,14 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     _ws: Any = None
     """The WebSocket this session is served over (engineio's driver object), once upgraded."""
 
+    _ws_gone = False
+    """True once the WebSocket is closing or closed; nothing more can be sent."""
+
     _link: DirectLink | None = None
     """Direct writes to :attr:`_ws`, while it is open and uncompressed."""
 
     _writer: asyncio.Task[None] | None = None
-    """The task sending what is queued, while the queue is not empty."""
+    """The task sending what is queued, while the queue is not empty (or closing the WebSocket)."""
 
     _ping_timer: asyncio.TimerHandle | None = None
 
@@ -94,7 +99,10 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         Written to the WebSocket at once when :meth:`DirectLink.ready` holds (CLOSE
         excepted); otherwise queued. On WebSocket a queued packet starts the writer; on
         polling the next poll takes it. ``None`` asks the writer to close the WebSocket.
+        Dropped once the WebSocket is closing or gone.
         """
+        if self._ws_gone:
+            return
         link = self._link
         if pkt is not None and link is not None and pkt.packet_type != eio_packet.CLOSE and link.ready():
             encoded = pkt.encode()
@@ -110,24 +118,34 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
 
         The writer sends what is queued (CLOSE included, unless ``abort`` or a ping
         timeout left it out) and then closes the WebSocket, which ends the read loop.
-        engineio's own socket relied on its read timeout for that.
+        Never waits on the peer beyond what engineio's ``wait`` asks for.
         """
+        first = not self.closing and not self.closed
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
         await super().close(wait=wait, abort=abort, reason=reason)
-        if self._ws is not None:
+        if first and self._ws is not None:
             self.post(None)
+
+    def _abandon_websocket(self) -> None:
+        """Stop sending on the WebSocket: drop what is queued and every later packet."""
+        self._ws_gone = True
+        self._link = None
+        queue = self.queue
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
 
     async def _write_queued(self, ws: Any) -> None:
         """Send the queue in order until it is empty; at ``None`` or on a failed send, close ``ws``."""
         try:
-            stay_open = await self._send_queue(ws)
+            if await self._send_queue(ws):
+                return
+            self._abandon_websocket()
+            await ws.close()
         finally:
             self._writer = None
-        if not stay_open:
-            self._ws = self._link = None
-            await ws.close()
 
     async def _send_queue(self, ws: Any) -> bool:
         """True once the queue is empty; False at ``None`` or when a send fails (the peer is gone)."""
@@ -144,7 +162,11 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         return True
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """Serve this session over ``ws`` until the WebSocket closes, then close the session."""
+        """Serve this session over ``ws`` until the WebSocket closes, then close the session.
+
+        The session is closed (its disconnect handlers run) however this ends, also
+        when the request is cancelled at shutdown.
+        """
         if self.connected:
             if not await self._finish_upgrade(ws):
                 return
@@ -155,13 +177,17 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         self._link = getattr(ws, "link", None)
         if not self.queue.empty():  # the OPEN packet, or what was queued while upgrading
             self._writer = asyncio.get_running_loop().create_task(self._write_queued(ws))
-        await self._receive_until_closed(ws)
-        self._link = None
-        if self._writer is not None:
-            await self._writer  # sends what is left if it can, closing the WebSocket on failure
-        self._ws = None
-        await ws.close()
-        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        try:
+            await self._receive_until_closed(ws)
+            self._link = None
+            if self._writer is not None:
+                await self._writer  # sends what is left if it can, or finishes closing
+            await ws.close()
+        finally:
+            self._abandon_websocket()
+            if self._writer is not None:
+                self._writer.cancel()
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     async def _finish_upgrade(self, ws: Any) -> bool:
         """Run the probe exchange that moves a polling session to ``ws``; True once upgraded.
@@ -189,13 +215,17 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     async def _receive_until_closed(self, ws: Any) -> None:
         """Hand each message to engineio's ``receive`` until the WebSocket closes or fails.
 
+        A message over ``max_http_buffer_size`` ends the session, as in engineio.
         Cancellation also ends the loop without propagating, as in engineio: the
         caller still closes the session, so its disconnect handlers run.
         """
+        max_size = self.server.max_http_buffer_size
         while True:
             try:
                 data = await ws.wait()
             except (Exception, asyncio.CancelledError):
+                return
+            if len(data) > max_size:
                 return
             try:
                 await self.receive(eio_packet.Packet(encoded_packet=data))
@@ -213,16 +243,40 @@ class _SessionTable(dict[str, Any]):
     engineio creates every session as ``AsyncSocket`` in ``AsyncServer._handle_connect``
     and offers no hook for the class. It stores the new session here before using it
     (before its OPEN packet is queued), so this is where the class is switched.
+
+    Raises:
+        TypeError: a stored session is neither an ``AsyncSocket`` nor a ``HubSocket``
+            (an engineio that creates sessions differently), rather than letting the
+            fan-out fail on it later.
     """
+
+    def __init__(self, table: Mapping[str, Any]) -> None:
+        super().__init__()
+        for sid, socket in table.items():
+            self[sid] = socket
 
     def __setitem__(self, sid: str, socket: Any) -> None:
         if type(socket) is AsyncSocket:
             socket.__class__ = HubSocket
+        if not isinstance(socket, HubSocket):
+            raise TypeError(f"engineio stored a {type(socket).__name__}, not an AsyncSocket")
         super().__setitem__(sid, socket)
 
 
 class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """``engineio.AsyncServer`` whose sessions are :class:`HubSocket` objects."""
+    """``engineio.AsyncServer`` whose sessions are :class:`HubSocket` objects; aiohttp mode only.
+
+    Raises:
+        ValueError: another ``async_mode``, or ``monitor_clients=False`` (the ping
+            timeout is what ends a silent WebSocket session).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.async_mode != "aiohttp":
+            raise ValueError(f"HubEngineServer runs on aiohttp only, not {self.async_mode!r}")
+        if not self.start_service_task:
+            raise ValueError("HubEngineServer needs monitor_clients: its ping checks end silent sessions")
 
     @property
     def sockets(self) -> dict[str, Any]:
@@ -230,7 +284,7 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         return self._sessions
 
     @sockets.setter
-    def sockets(self, table: dict[str, Any]) -> None:
+    def sockets(self, table: Mapping[str, Any]) -> None:
         self._sessions = _SessionTable(table)
 
 

@@ -294,11 +294,11 @@ async def test_rejects_non_positive_bound() -> None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_direct_write_never_overtakes_a_frame_still_queued(fanout_hub: StartFanoutHub) -> None:
-    """A frame engineio queued itself (an ack, a ping) and not yet sent stays ahead of later emits."""
+    """A packet still queued (one the session could not write at once) stays ahead of later emits."""
     hub = await fanout_hub()
     client = await hub.raw()
     socket = hub.sio.eio.sockets[client.eio_sid]
-    # what python-socketio does for an ack: put an Engine.IO packet on the session's queue
+    # a packet left in the queue, as when the session's writer has not run yet
     socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first",1]'))
     await hub.sio.emit("second", 2, room=ROOM)  # never suspends: the writer has not run yet
     assert hub.manager.queue_depth(client.eio_sid) == 2, "the emit must queue behind the pending frame"

@@ -6,9 +6,10 @@ import asyncio
 from collections import Counter
 
 import pytest
+import socketio
 from engineio import packet as eio_packet
 
-from hub.transport.session import HubSocket
+from hub.transport.session import HubEngineServer, HubSocket, HubSocketServer
 from tests.support.transport_server import StartFanoutHub
 
 FAST_PINGS = {"ping_interval": 0.2, "ping_timeout": 0.3}
@@ -44,8 +45,9 @@ async def test_an_idle_session_runs_no_task_per_read_or_per_ping(fanout_hub: Sta
     n = 40
     before = server_task_census()
     clients = [await hub.raw() for _ in range(n)]
-    await asyncio.sleep(0.5)  # past two ping exchanges
-    assert all(client.received >= 2 for client in clients), "pings flowed"
+    async with asyncio.timeout(10):  # past two ping exchanges each
+        while any(client.received < 2 for client in clients):
+            await asyncio.sleep(0.05)
     grown = server_task_census() - before
 
     per_connection = {name: count for name, count in grown.items() if count >= n}
@@ -65,6 +67,7 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_connect
     hub = await fanout_hub(server_options=FAST_PINGS)
     silent, alive = await hub.raw(), await hub.raw()
     server_side = hub.sio.environ[silent.eio_sid]["aiohttp.request"].transport
+    session = hub.sio.eio.sockets[silent.eio_sid]
     silent.pause()
 
     async with asyncio.timeout(10):
@@ -73,6 +76,7 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_connect
     async with asyncio.timeout(20):  # the WebSocket close waits up to CLOSE_TIMEOUT_S, then aborts
         while not server_side.is_closing():
             await asyncio.sleep(0.1)
+    assert session.queue.empty(), "nothing left behind for a writer that will never run"
     assert all(sid != alive.sid for sid, _ in hub.disconnects), "the answering peer is kept"
     assert await alive.emit("ping_me", 7, ack=True) == [{"pong": 7}]
 
@@ -106,3 +110,53 @@ async def test_server_disconnect_sends_close_and_ends_the_websocket(fanout_hub: 
         await client.closed.wait()
     assert client.close_reason == "eio close"
     assert client.eio_sid not in hub.sio.eio.sockets
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_client_close_packet_ends_the_session_and_its_websocket(fanout_hub: StartFanoutHub) -> None:
+    hub = await fanout_hub()
+    leaving, staying = await hub.raw(), await hub.raw()
+    server_side = hub.sio.environ[leaving.eio_sid]["aiohttp.request"].transport
+    await leaving.ws.send_str("1")  # Engine.IO CLOSE from the client
+    async with asyncio.timeout(10):
+        await leaving.closed.wait()
+        while not server_side.is_closing():
+            await asyncio.sleep(0.05)
+    assert (leaving.sid, "client disconnect") in hub.disconnects
+    assert leaving.eio_sid not in hub.sio.eio.sockets
+    assert await staying.emit("ping_me", 1, ack=True) == [{"pong": 1}]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_polling_only_client_is_served_and_pinged(fanout_hub: StartFanoutHub) -> None:
+    hub = await fanout_hub(server_options=FAST_PINGS)
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(hub.url, transports=["polling"])
+    try:
+        session = hub.sio.eio.sockets[client.eio.sid]
+        assert type(session) is HubSocket
+        ping_times: set[float] = set()
+        async with asyncio.timeout(10):  # two pings: the second is scheduled only by a PONG to the first
+            while len(ping_times) < 2:
+                if session.last_ping:
+                    ping_times.add(session.last_ping)
+                await asyncio.sleep(0.02)
+        assert await client.call("ping_me", 5, timeout=5) == {"pong": 5}
+        assert client.connected and not hub.disconnects
+    finally:
+        await client.disconnect()
+
+
+def test_the_engine_server_refuses_settings_that_would_leave_sessions_unwatched() -> None:
+    with pytest.raises(ValueError, match="monitor_clients"):
+        HubSocketServer(async_mode="aiohttp", monitor_clients=False)
+    with pytest.raises(ValueError, match="aiohttp only"):
+        HubEngineServer(async_mode="asgi")
+
+
+def test_the_session_table_refuses_what_it_cannot_make_a_hub_socket() -> None:
+    server = HubEngineServer(async_mode="aiohttp")
+    with pytest.raises(TypeError, match="not an AsyncSocket"):
+        server.sockets["x"] = object()
