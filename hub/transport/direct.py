@@ -184,15 +184,13 @@ class DirectWebSocket:
 
 
 def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bool) -> None:
-    """Make ``eio_server`` use this module for its WebSocket requests (in aiohttp mode only).
+    """Make ``eio_server`` use this module for its WebSocket requests.
 
-    ``eio_server`` must be a :class:`hub.transport.session.HubEngineServer`, whose
-    sessions have the ``writer_idle`` that :meth:`DirectLink.ready` reads. WebSocket
+    ``eio_server`` must be a :class:`hub.transport.session.HubEngineServer` (aiohttp
+    mode, sessions with the ``writer_idle`` that :meth:`DirectLink.ready` reads). WebSocket
     requests go through :class:`DirectWebSocket`, registering into ``links``. Only this
     server is changed: engineio's driver table is copied, not edited.
     """
-    if eio_server.async_mode != "aiohttp":
-        return
 
     def websocket(handler: Callable[[DirectWebSocket], Awaitable[None]], server: Any) -> DirectWebSocket:
         return DirectWebSocket(handler, server, links, deflate)
