@@ -13,8 +13,9 @@ on WebSocket and idle, the way ``websockets.broadcast`` does:
 * :func:`text_frame` builds an unmasked WebSocket TEXT frame once per emit.
 
 A frame may be written directly only when :meth:`DirectLink.ready` says so: the
-session has nothing queued and no writer holding an unsent packet, so the direct
-frame cannot overtake anything sent earlier. Frames are written whole and
+session has nothing queued and no writer holding an unsent packet (it keeps
+:attr:`DirectLink.writable` saying so), so the direct frame cannot overtake anything
+sent earlier, and the WebSocket has not begun to close. Frames are written whole and
 synchronously, so they never interleave with aiohttp's own frames (pongs, close).
 """
 
@@ -25,7 +26,7 @@ import struct
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 __all__ = ["DirectLink", "DirectWebSocket", "install", "text_frame"]
 
@@ -56,10 +57,17 @@ def text_frame(text: str) -> bytes:
 class DirectLink:
     """The open WebSocket of one Engine.IO session, writable without its writer task.
 
+    Whether a frame may be written now is kept in one flag, :attr:`writable`, which the
+    session sets at each change of its state (:meth:`session_idle`) and the WebSocket
+    clears when it starts closing. The fan-out reads it once per recipient, so a
+    recipient costs a look at this object and its transport, not at the session, its
+    queue and the aiohttp response: profiling showed those reads, cache misses between
+    ``send`` system calls, costing as much as the write itself.
+
     ``__slots__`` because there is one per connection.
     """
 
-    __slots__ = ("_response", "_transport", "socket")
+    __slots__ = ("_response", "_transport", "socket", "writable")
 
     def __init__(
         self, socket: Any, response: web.WebSocketResponse, transport: asyncio.BaseTransport
@@ -68,23 +76,27 @@ class DirectLink:
         self._response = response
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.writable = False
+        """True while the session is on this WebSocket, open, with nothing queued and no writer
+        busy, and the WebSocket is not closing. Set only through :meth:`session_idle` and
+        :meth:`websocket_closing`."""
+
+    def session_idle(self, idle: bool) -> None:
+        """The session says whether a frame written now would follow everything it sent before.
+
+        ``idle`` must be True only while the session is fully on this WebSocket (not
+        mid-upgrade), not closing, with nothing queued and no writer busy. A WebSocket
+        that started closing stays unwritable whatever the session says.
+        """
+        self.writable = idle and not self._response.closed
+
+    def websocket_closing(self) -> None:
+        """The WebSocket is sending its close frame; nothing may follow it."""
+        self.writable = False
 
     def ready(self) -> bool:
-        """True when a frame written now is the next thing the peer receives after what was already sent.
-
-        That needs: the session fully on WebSocket (not mid-upgrade), not closing, nothing
-        queued and no writer busy (``writer_idle``), and the WebSocket and TCP connection open.
-        """
-        socket = self.socket
-        return (
-            socket.writer_idle
-            and socket.upgraded
-            and not socket.upgrading
-            and not socket.closing
-            and not socket.closed
-            and not self._response.closed
-            and not self._transport.is_closing()
-        )
+        """True when a frame written now is the next thing the peer receives after what was already sent."""
+        return self.writable and not self._transport.is_closing()
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -95,9 +107,37 @@ class DirectLink:
         """Bytes written to this connection that the kernel has not taken yet."""
         return self._transport.get_write_buffer_size()
 
+    def write_if_ready(self, frame: bytes, max_buffered: int) -> bool:
+        """Write ``frame`` if :meth:`ready` and fewer than ``max_buffered`` bytes are unsent; True if written.
+
+        The fan-out's per-recipient fast path: :meth:`ready`, :meth:`buffered` and
+        :meth:`write` in one call.
+        """
+        if self.writable:
+            transport = self._transport
+            if not transport.is_closing() and transport.get_write_buffer_size() < max_buffered:
+                transport.write(frame)
+                return True
+        return False
+
     def write(self, frame: bytes) -> None:
         """Write one complete WebSocket frame; only call this right after :meth:`ready` returned True."""
         self._transport.write(frame)
+
+
+class _LinkedWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response, which makes its :class:`DirectLink` unwritable when it closes.
+
+    aiohttp sends the close frame from ``close()`` alone, whether the hub or the peer
+    started the close; direct frames written after it would break the protocol.
+    """
+
+    link: DirectLink | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if self.link is not None:
+            self.link.websocket_closing()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class DirectWebSocket:
@@ -118,7 +158,7 @@ class DirectWebSocket:
         self.server = server
         self._links = links
         self._deflate = deflate
-        self._sock: web.WebSocketResponse | None = None
+        self._sock: _LinkedWebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self.environ: dict[str, Any] = {}
         self.link: DirectLink | None = None
@@ -126,7 +166,7 @@ class DirectWebSocket:
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request: web.Request = environ["aiohttp.request"]
-        sock = self._sock = web.WebSocketResponse(
+        sock = self._sock = _LinkedWebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size, compress=self._deflate
         )
         await sock.prepare(request)
@@ -136,7 +176,7 @@ class DirectWebSocket:
         transport = self._transport = request.transport
         link = None
         if isinstance(sid, str) and transport is not None and not sock.compress:
-            link = self.link = self._links[sid] = DirectLink(socket, sock, transport)
+            link = self.link = sock.link = self._links[sid] = DirectLink(socket, sock, transport)
         try:
             await self.handler(self)
         finally:
@@ -187,7 +227,7 @@ def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bo
     """Make ``eio_server`` use this module for its WebSocket requests.
 
     ``eio_server`` must be a :class:`hub.transport.session.HubEngineServer` (aiohttp
-    mode, sessions with the ``writer_idle`` that :meth:`DirectLink.ready` reads). WebSocket
+    mode, sessions that keep :attr:`DirectLink.writable` up to date). WebSocket
     requests go through :class:`DirectWebSocket`, registering into ``links``. Only this
     server is changed: engineio's driver table is copied, not edited.
     """

@@ -203,9 +203,17 @@ class FanoutManager(IndexedRoomManager):
         wire = frames[0].encode() if len(frames) == 1 else None
         direct = text_frame(wire) if isinstance(wire, str) else None
         skip = _as_set(skip_sid)
+        links = self._links
+        evicting = self._evicting
+        max_buffered = self.max_buffer_bytes
         for sid, eio_sid in self.get_participants(namespace, room):
-            if sid not in skip:
-                self._deliver(sid, eio_sid, namespace, frames, direct)
+            if sid in skip:
+                continue
+            if direct is not None and eio_sid not in evicting:
+                link = links.get(eio_sid)
+                if link is not None and link.write_if_ready(direct, max_buffered):
+                    continue
+            self._queue_or_evict(sid, eio_sid, namespace, frames)
 
     def queue_depth(self, eio_sid: str) -> int:
         """Frames waiting in the send queue of Engine.IO session ``eio_sid`` (0 if it is gone)."""
@@ -241,19 +249,14 @@ class FanoutManager(IndexedRoomManager):
         parts = encoded if isinstance(encoded, list) else [encoded]
         return tuple(_SharedFrame(part) for part in parts)
 
-    def _deliver(
-        self,
-        sid: str,
-        eio_sid: str,
-        namespace: str,
-        frames: tuple[_SharedFrame, ...],
-        direct: bytes | None,
+    def _queue_or_evict(
+        self, sid: str, eio_sid: str, namespace: str, frames: tuple[_SharedFrame, ...]
     ) -> None:
-        """Write ``direct`` to the session's WebSocket if it is ready, else queue ``frames``.
+        """Post ``frames`` to a session that could not take the direct write, or evict it.
 
         A session over either bound (queued frames, unsent transport bytes) is evicted
-        instead, whichever path the frame would take: a writer blocked on a peer that
-        stopped reading makes every later frame take the queued path.
+        instead, whichever path the frame would have taken: a writer blocked on a peer
+        that stopped reading makes every later frame take the queued path.
         """
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closing or socket.closed or eio_sid in self._evicting:
@@ -262,8 +265,6 @@ class FanoutManager(IndexedRoomManager):
         link = self._links.get(eio_sid)
         if queue.qsize() >= self.max_queue or (link is not None and link.buffered() >= self.max_buffer_bytes):
             self._evict(sid, eio_sid, namespace, socket)
-        elif direct is not None and link is not None and link.ready():
-            link.write(direct)
         else:
             for frame in frames:
                 socket.post(frame)

@@ -70,10 +70,15 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
 
     _ping_timer: asyncio.TimerHandle | None = None
 
-    @property
-    def writer_idle(self) -> bool:
-        """True when nothing is queued and no writer holds an unsent packet."""
-        return self._writer is None and self.queue.empty()
+    def _sync_link(self) -> None:
+        """Tell the link whether a direct write now would follow everything sent so far.
+
+        Called after every change to what that depends on: the writer, the queue, closing.
+        """
+        link = self._link
+        if link is not None:
+            is_open = not self.closing and not self.closed and not self._ws_gone
+            link.session_idle(is_open and self._writer is None and self.queue.empty())
 
     def schedule_ping(self) -> None:
         """Send a PING after ``ping_interval``, unless one is already waiting for its PONG."""
@@ -112,6 +117,7 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         self.queue.put_nowait(pkt)
         if self._ws is not None and self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued(self._ws))
+        self._sync_link()
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """engineio's close, which also cancels a pending ping and, on WebSocket, closes it.
@@ -121,6 +127,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         Never waits on the peer beyond what engineio's ``wait`` asks for.
         """
         first = not self.closing and not self.closed
+        if self._link is not None:
+            self._link.session_idle(False)  # the disconnect handlers' own emits must not go direct
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
@@ -131,6 +139,7 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     def _abandon_websocket(self) -> None:
         """Stop sending on the WebSocket: drop what is queued and every later packet."""
         self._ws_gone = True
+        self._sync_link()
         self._link = None
         queue = self.queue
         while not queue.empty():
@@ -146,6 +155,7 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
             await ws.close()
         finally:
             self._writer = None
+            self._sync_link()
 
     async def _send_queue(self, ws: Any) -> bool:
         """True once the queue is empty; False at ``None`` or when a send fails (the peer is gone)."""
@@ -177,9 +187,12 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         self._link = getattr(ws, "link", None)
         if not self.queue.empty():  # the OPEN packet, or what was queued while upgrading
             self._writer = asyncio.get_running_loop().create_task(self._write_queued(ws))
+        self._sync_link()
         try:
             await self._receive_until_closed(ws)
-            self._link = None
+            if self._link is not None:
+                self._link.session_idle(False)
+                self._link = None
             if self._writer is not None:
                 await self._writer  # sends what is left if it can, or finishes closing
             await ws.close()

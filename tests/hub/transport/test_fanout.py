@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import socketio
-from engineio import packet as eio_packet
 
 from hub.transport.fanout import SLOW_CONSUMER_REASON, FanoutManager
 from tests.support.rawclient import RawClient
@@ -289,26 +288,6 @@ async def test_binary_frame_shared_by_polling_and_websocket_clients(fanout_hub: 
 async def test_rejects_non_positive_bound() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         FanoutManager(max_queue=0)
-
-
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_direct_write_never_overtakes_a_frame_still_queued(fanout_hub: StartFanoutHub) -> None:
-    """A packet still queued (one the session could not write at once) stays ahead of later emits."""
-    hub = await fanout_hub()
-    client = await hub.raw()
-    socket = hub.sio.eio.sockets[client.eio_sid]
-    # a packet left in the queue, as when the session's writer has not run yet
-    socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first",1]'))
-    await hub.sio.emit("second", 2, room=ROOM)  # never suspends: the writer has not run yet
-    assert hub.manager.queue_depth(client.eio_sid) == 2, "the emit must queue behind the pending frame"
-    assert await client.next_event() == ("first", [1])
-    assert await client.next_event() == ("second", [2])
-
-    # once the writer is idle again, emits go straight to the transport
-    await hub.sio.emit("third", 3, room=ROOM)
-    assert hub.manager.queue_depth(client.eio_sid) == 0
-    assert await client.next_event() == ("third", [3])
 
 
 @pytest.mark.asyncio

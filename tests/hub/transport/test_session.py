@@ -10,7 +10,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from hub.transport.session import HubEngineServer, HubSocket, HubSocketServer
-from tests.support.transport_server import StartFanoutHub
+from tests.support.transport_server import ROOM, StartFanoutHub
 
 FAST_PINGS = {"ping_interval": 0.2, "ping_timeout": 0.3}
 
@@ -83,20 +83,54 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_connect
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
-async def test_a_packet_sent_while_another_is_queued_stays_behind_it(fanout_hub: StartFanoutHub) -> None:
-    """A send writes directly only when nothing queued is unsent; otherwise it queues."""
+@pytest.mark.parametrize("sender", ["session", "fanout"])
+async def test_a_packet_sent_while_another_is_queued_stays_behind_it(
+    fanout_hub: StartFanoutHub, sender: str
+) -> None:
+    """Neither a session send nor a fan-out emit is written directly while a queued packet is unsent."""
     hub = await fanout_hub()
     client = await hub.raw()
     socket = hub.sio.eio.sockets[client.eio_sid]
-    socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first",1]'))
-    await hub.sio.eio.send(client.eio_sid, '2["second",2]')
-    assert socket.queue.qsize() == 2, "the send must queue behind the pending packet"
+
+    async def send(event: str, value: int) -> None:
+        if sender == "session":
+            await hub.sio.eio.send(client.eio_sid, f'2["{event}",{value}]')
+        else:
+            await hub.sio.emit(event, value, room=ROOM)
+
+    # a binary packet always goes through the writer
+    socket.post(eio_packet.Packet(eio_packet.MESSAGE, data=b"\x00raw"))
+    await send("first", 1)  # neither send suspends, so the writer has not run yet
+    await send("second", 2)
+    assert socket.queue.qsize() == 3, "both sends must queue behind the unsent binary packet"
     assert await client.next_event() == ("first", [1])
     assert await client.next_event() == ("second", [2])
+    assert client.binary == [b"\x00raw"]
 
-    await hub.sio.eio.send(client.eio_sid, '2["third",3]')
-    assert socket.queue.qsize() == 0, "with the writer idle, the send is written at once"
+    await send("third", 3)
+    assert socket.queue.qsize() == 0, "with the writer idle again, the send is written at once"
     assert await client.next_event() == ("third", [3])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_websocket_that_began_closing_takes_no_direct_write(fanout_hub: StartFanoutHub) -> None:
+    """Once aiohttp starts its close (here, from the server side) the fan-out stops writing to it,
+    before the session itself hears of the close: nothing may follow a close frame."""
+    hub = await fanout_hub()
+    leaving, staying = await hub.raw(), await hub.raw()
+    link = hub.manager._links[leaving.eio_sid]
+    assert link.ready()
+    closing = asyncio.get_running_loop().create_task(link._response.close())
+    await asyncio.sleep(0)  # the close frame is on its way; the session's read loop has not seen it
+    assert not hub.sio.eio.sockets[leaving.eio_sid].closing
+    assert not link.ready()
+    await hub.sio.emit("after", 1, room=ROOM)
+    assert await staying.next_event() == ("after", [1])
+    await closing
+    async with asyncio.timeout(10):
+        await leaving.closed.wait()
+    assert leaving.events.empty(), "the leaving client got nothing after the close frame"
 
 
 @pytest.mark.asyncio
