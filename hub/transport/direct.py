@@ -175,7 +175,8 @@ class DirectWebSocket:
         sid = getattr(socket, "sid", None)
         transport = self._transport = request.transport
         link = None
-        if isinstance(sid, str) and transport is not None and not sock.compress:
+        # a second WebSocket for a session already probing or upgraded is refused by the session
+        if isinstance(sid, str) and transport is not None and not sock.compress and sid not in self._links:
             link = self.link = sock.link = self._links[sid] = DirectLink(socket, sock, transport)
         try:
             await self.handler(self)

