@@ -107,9 +107,9 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         """Send ``pkt`` without waiting, after everything sent before it; never raises.
 
         Written to the WebSocket at once when :meth:`DirectLink.ready` holds (CLOSE and
-        binary packets excepted); otherwise queued. On WebSocket a queued packet starts the writer; on
-        polling the next poll takes it. ``None`` asks the writer to close the WebSocket.
-        Dropped once the WebSocket is closing or gone.
+        binary packets excepted); otherwise queued. On WebSocket a queued packet starts
+        the writer; on polling the next poll takes it. ``None`` asks the writer to close
+        the WebSocket. Dropped once the WebSocket is closing or gone.
         """
         if self._ws_gone:
             return
