@@ -282,6 +282,32 @@ async def test_a_second_upgrade_racing_the_first_is_refused(fanout_hub: StartFan
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
+async def test_a_websocket_request_cancelled_twice_still_closes_its_session(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """aiohttp cancels a request handler that outlives its shutdown timeout. Cancelled once, the
+    session ends its read loop and closes the WebSocket; cancelled again while that close waits
+    for the peer, it must still close the session and run its disconnect handler."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    requests = [
+        t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RequestHandler._handle_request"
+    ]
+    assert len(requests) == 1, "precondition: the client's WebSocket request is the only one open"
+    requests[0].cancel()
+    await asyncio.sleep(0)  # the handler runs on to its WebSocket close, which waits for the client
+    assert client.eio_sid in hub.sio.eio.sockets and not hub.disconnects
+    requests[0].cancel()
+    async with asyncio.timeout(10):
+        while not hub.disconnects:
+            await asyncio.sleep(0.01)
+    assert hub.disconnects == [(client.sid, "transport close")]
+    # engineio's service task drops a closed session from the table later; it is closed now
+    assert hub.sio.eio.sockets[client.eio_sid].closed
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
 async def test_shutting_the_server_down_runs_every_sessions_disconnect_handler(
     fanout_hub: StartFanoutHub,
 ) -> None:
