@@ -8,13 +8,29 @@ from collections import Counter
 
 import aiohttp
 import pytest
-import socketio
 from engineio import packet as eio_packet
 
 from hub.transport.session import HubEngineServer, HubSocket, HubSocketServer
 from tests.support.transport_server import ROOM, Hub, StartFanoutHub
 
 FAST_PINGS = {"ping_interval": 0.2, "ping_timeout": 0.3}
+
+
+async def _polling_session(hub: Hub) -> tuple[str, str]:
+    """Open a polling session connected to the default namespace; its sid and poll URL."""
+    poll = f"{hub.url}/socket.io/?EIO=4&transport=polling"
+    async with hub.http.get(poll) as reply:
+        eio_sid = json.loads((await reply.text())[1:])["sid"]
+    poll = f"{poll}&sid={eio_sid}"
+    async with hub.http.post(poll, data="40") as reply:
+        assert reply.status == 200
+    async with hub.http.get(poll) as reply:
+        assert (await reply.text()).startswith("40")
+    return eio_sid, poll
+
+
+def _upgrade_url(hub: Hub, eio_sid: str) -> str:
+    return f"{hub.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid={eio_sid}"
 
 
 def server_task_census() -> Counter[str]:
@@ -166,22 +182,29 @@ async def test_a_client_close_packet_ends_the_session_and_its_websocket(fanout_h
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_a_polling_only_client_is_served_and_pinged(fanout_hub: StartFanoutHub) -> None:
+    """A session that stays on polling is pinged by the timer, and each PONG schedules the next PING."""
     hub = await fanout_hub(server_options=FAST_PINGS)
-    client = socketio.AsyncClient(reconnection=False)
-    await client.connect(hub.url, transports=["polling"])
-    try:
-        session = hub.sio.eio.sockets[client.eio.sid]
-        assert type(session) is HubSocket
-        ping_times: set[float] = set()
-        async with asyncio.timeout(10):  # two pings: the second is scheduled only by a PONG to the first
-            while len(ping_times) < 2:
-                if session.last_ping:
-                    ping_times.add(session.last_ping)
-                await asyncio.sleep(0.02)
-        assert await client.call("ping_me", 5, timeout=5) == {"pong": 5}
-        assert client.connected and not hub.disconnects
-    finally:
-        await client.disconnect()
+    eio_sid, poll = await _polling_session(hub)
+    assert type(hub.sio.eio.sockets[eio_sid]) is HubSocket
+    pings = 0
+    async with asyncio.timeout(10):
+        while pings < 2:  # the second PING is scheduled only by the PONG to the first
+            async with hub.http.get(poll) as reply:
+                packets = (await reply.text()).split("\x1e")
+            for packet in packets:
+                if packet == "2":
+                    pings += 1
+                    async with hub.http.post(poll, data="3") as pong:
+                        assert pong.status == 200
+    async with hub.http.post(poll, data='420["ping_me",5]') as reply:
+        assert reply.status == 200
+    async with asyncio.timeout(10):
+        answer = ""
+        while not answer.startswith("430"):
+            async with hub.http.get(poll) as reply:
+                answer = next((p for p in (await reply.text()).split("\x1e") if p != "2"), "")
+    assert answer == '430[{"pong":5}]'
+    assert not hub.disconnects
 
 
 @pytest.mark.asyncio
@@ -211,23 +234,6 @@ async def test_a_send_while_the_writer_waits_for_a_stalled_peer_is_queued(fanout
     names = [(await client.next_event(timeout=20))[0] for _ in range(sent + 1)]
     assert names == ["big"] * sent + ["after"]
     assert len(client.binary) == sent
-
-
-async def _polling_session(hub: Hub) -> tuple[str, str]:
-    """Open a polling session connected to the default namespace; its sid and poll URL."""
-    poll = f"{hub.url}/socket.io/?EIO=4&transport=polling"
-    async with hub.http.get(poll) as reply:
-        eio_sid = json.loads((await reply.text())[1:])["sid"]
-    poll = f"{poll}&sid={eio_sid}"
-    async with hub.http.post(poll, data="40") as reply:
-        assert reply.status == 200
-    async with hub.http.get(poll) as reply:
-        assert (await reply.text()).startswith("40")
-    return eio_sid, poll
-
-
-def _upgrade_url(hub: Hub, eio_sid: str) -> str:
-    return f"{hub.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid={eio_sid}"
 
 
 @pytest.mark.asyncio
