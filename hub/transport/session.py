@@ -17,6 +17,8 @@ only how a session waits and sends:
   runs only while the queue is not empty. CLOSE always goes through the writer,
   which closes the WebSocket after sending it.
 * Closing a session closes its WebSocket, which engineio left to its read timeout.
+* The send queue is a :class:`~hub.transport.send_queue.SendQueue`, which holds no
+  memory while empty, instead of an ``asyncio.Queue``.
 
 Long-polling sessions are engineio's, except for the ping timer.
 :class:`HubSocketServer` is ``socketio.AsyncServer`` with sessions of this kind.
@@ -36,6 +38,7 @@ from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
 from hub.transport.direct import DirectLink, text_frame
+from hub.transport.send_queue import SendQueue
 
 __all__ = ["HubEngineServer", "HubSocket", "HubSocketServer"]
 
@@ -298,6 +301,10 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             raise ValueError(f"HubEngineServer runs on aiohttp only, not {self.async_mode!r}")
         if not self.start_service_task:
             raise ValueError("HubEngineServer needs monitor_clients: its ping checks end silent sessions")
+
+    def create_queue(self) -> SendQueue:
+        """A session's send queue: a :class:`SendQueue` (engineio creates one per session here)."""
+        return SendQueue()
 
     @property
     def sockets(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from engineio import packet as eio_packet
 
+from hub.transport.send_queue import SendQueue
 from hub.transport.session import HubEngineServer, HubSocket, HubSocketServer
 from tests.support.transport_server import ROOM, Hub, StartFanoutHub
 
@@ -46,6 +47,7 @@ async def test_every_session_is_a_hub_socket_even_after_engineio_replaces_its_ta
     hub = await fanout_hub()
     first = await hub.raw()
     assert type(hub.sio.eio.sockets[first.eio_sid]) is HubSocket
+    assert type(hub.sio.eio.sockets[first.eio_sid].queue) is SendQueue
 
     await hub.sio.eio.disconnect()  # closes every session and assigns a fresh, plain dict
     async with asyncio.timeout(10):
