@@ -24,6 +24,7 @@ from hub.domains.ports import order_room, presence_room, staff_room, track_room,
 from hub.limits import RateLimiter, TokenBucket
 from hub.metrics import HubMetrics
 from hub.services import Services
+from hub.transport.deadlines import ExpiryBuckets
 from hub.transport.fanout import FanoutManager, websocket_transport
 from hub.transport.json_codec import OrjsonForSocketIO
 from hub.transport.origin import OriginPolicy
@@ -55,7 +56,6 @@ class Connection:
         "bucket",
         "closing",
         "counted_present",
-        "expiry",
         "principal",
         "rate_key",
         "stock_rooms",
@@ -69,7 +69,6 @@ class Connection:
         self.rate_key = f"{principal.role}:{principal.sub}"
         self.strikes = 0
         """Events this socket sent past its own budget since its last accepted one."""
-        self.expiry: asyncio.TimerHandle | None = None
         self.closing = False
         self.counted_present = False
         self.stock_rooms: set[str] = set()
@@ -98,6 +97,8 @@ class SocketGateway:
         self._unbound_since: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._expiries = ExpiryBuckets(self._expire)
+        """Each connection's token expiry; :meth:`_expire` closes it then."""
         self._accepting = True
         self._resync_pending = False
         self.origins = OriginPolicy(settings.allow_origin)
@@ -218,6 +219,7 @@ class SocketGateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.shutdown()
+        self._expiries.close()
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -241,8 +243,7 @@ class SocketGateway:
                 exc.message, error_payload(exc.code, exc.message)
             ) from None
         conn = Connection(principal, TokenBucket(self._settings.rate_per_second, self._settings.rate_burst))
-        delay = max(0.0, principal.expires_at - time.time())
-        conn.expiry = asyncio.get_running_loop().call_later(delay, self._expire, sid)
+        self._expiries.add(sid, principal.expires_at)
         self._connections[sid] = conn
         # Rooms are entered last and without awaiting, so no frame can be queued before the CONNECT reply.
         self.manager.basic_enter_room(sid, NAMESPACE, user_room(principal.sub))
@@ -279,8 +280,7 @@ class SocketGateway:
         self._metrics.connections.set(len(self._connections))
         if conn is None:
             return
-        if conn.expiry is not None:
-            conn.expiry.cancel()
+        self._expiries.discard(sid, conn.principal.expires_at)
         self._services.chat.forget_connection(sid)
         if conn.counted_present and conn.principal.boutique is not None:
             await self._services.presence.staff_disconnected(conn.principal.boutique, self._member(sid))

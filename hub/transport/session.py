@@ -10,7 +10,8 @@ only how a session waits and sends:
 * Reads await the WebSocket directly. A peer that goes silent is found by the ping
   timeout, which engineio's service task checks for every session (so
   ``monitor_clients=False`` is refused), not by a timer per read.
-* A ping is one loop timer (``call_later``), not a sleeping task.
+* A ping is an entry in the server's :class:`~hub.transport.deadlines.FixedDelayQueue`,
+  not a sleeping task (nor a loop timer per session).
 * A packet sent while nothing is queued and the session's
   :class:`~hub.transport.direct.DirectLink` is ready is written to the WebSocket at
   once, by the rule the fan-out follows. Anything else is queued, and a writer task
@@ -20,7 +21,7 @@ only how a session waits and sends:
 * The send queue is a :class:`~hub.transport.send_queue.SendQueue`, which holds no
   memory while empty, instead of an ``asyncio.Queue``.
 
-Long-polling sessions are engineio's, except for the ping timer.
+Long-polling sessions are engineio's, except for how pings are scheduled.
 :class:`HubSocketServer` is ``socketio.AsyncServer`` with sessions of this kind.
 """
 
@@ -37,6 +38,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
+from hub.transport.deadlines import FixedDelayQueue
 from hub.transport.direct import DirectLink, text_frame
 from hub.transport.send_queue import SendQueue
 
@@ -73,8 +75,6 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     _writer: asyncio.Task[None] | None = None
     """The task sending what is queued, while the queue is not empty (or closing the WebSocket)."""
 
-    _ping_timer: asyncio.TimerHandle | None = None
-
     def _sync_link(self) -> None:
         """Tell the link whether a direct write now would follow everything sent so far.
 
@@ -89,14 +89,16 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
             link.session_idle(is_open and self._writer is None and self.queue.empty())
 
     def schedule_ping(self) -> None:
-        """Send a PING after ``ping_interval``, unless one is already waiting for its PONG."""
+        """Send a PING after ``ping_interval``, unless one is already waiting for its PONG.
+
+        At most one PING is scheduled at a time: this runs after a PONG, and only once per
+        PING sent (``last_ping`` is set by the PING and cleared here).
+        """
         if self.last_ping:
             self.last_ping = None
-            loop = asyncio.get_running_loop()
-            self._ping_timer = loop.call_later(self.server.ping_interval, self._ping)
+            self.server.pings.add(self._ping)
 
     def _ping(self) -> None:
-        self._ping_timer = None
         if not self.closing and not self.closed:
             self.last_ping = time.time()
             self.post(eio_packet.Packet(eio_packet.PING))
@@ -128,7 +130,7 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         self._sync_link()
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        """engineio's close, which also cancels a pending ping and, on WebSocket, closes it.
+        """engineio's close, which, on WebSocket, also closes the WebSocket.
 
         The writer sends what is queued (CLOSE included, unless ``abort`` or a ping
         timeout left it out) and then closes the WebSocket, which ends the read loop.
@@ -137,9 +139,6 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         first = not self.closing and not self.closed
         if self._link is not None:
             self._link.session_idle(False)  # the disconnect handlers' own emits must not go direct
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
         await super().close(wait=wait, abort=abort, reason=reason)
         if first and self._ws is not None:
             self.post(None)
@@ -208,7 +207,10 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
             self._abandon_websocket()
             if self._writer is not None:
                 self._writer.cancel()
-            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            try:
+                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            finally:
+                self._ws = None  # a PING still scheduled keeps this session until due, not its WebSocket
 
     async def _finish_upgrade(self, ws: Any) -> bool:
         """Run the probe exchange that moves a polling session to ``ws``; True once upgraded.
@@ -301,6 +303,8 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             raise ValueError(f"HubEngineServer runs on aiohttp only, not {self.async_mode!r}")
         if not self.start_service_task:
             raise ValueError("HubEngineServer needs monitor_clients: its ping checks end silent sessions")
+        self.pings = FixedDelayQueue(self.ping_interval)
+        """When each session sends its next PING: ``ping_interval`` after its client's PONG."""
 
     def create_queue(self) -> SendQueue:
         """A session's send queue: a :class:`SendQueue` (engineio creates one per session here)."""

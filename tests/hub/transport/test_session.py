@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections import Counter
 
 import aiohttp
@@ -342,3 +344,27 @@ def test_the_session_table_refuses_what_it_cannot_make_a_hub_socket() -> None:
     server = HubEngineServer(async_mode="aiohttp")
     with pytest.raises(TypeError, match="not an AsyncSocket"):
         server.sockets["x"] = object()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_closed_session_waiting_for_its_ping_does_not_keep_its_websocket(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """PINGs wait in one server-wide queue that cannot be cancelled, so a session that closes
+    stays referenced until its PING is due (``ping_interval``, 25 s by default). It must not keep
+    its WebSocket, response and request alive that long: after a reconnect storm that would be
+    every old connection's memory."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    session = hub.sio.eio.sockets[client.eio_sid]
+    assert len(hub.sio.eio.pings) == 1, "precondition: the first PING is waiting"
+    websocket = weakref.ref(session._ws)
+    await client.close()
+    async with asyncio.timeout(10):
+        while not hub.disconnects:
+            await asyncio.sleep(0.01)
+    del session
+    gc.collect()
+    assert len(hub.sio.eio.pings) == 1, "the PING entry is still there"
+    assert websocket() is None
