@@ -10,8 +10,8 @@ each connection's deadline in a shared structure and arm one timer, for the earl
 * :class:`ExpiryBuckets`: wall-clock deadlines in whole seconds (a JWT's ``exp``),
   one set of keys per second.
 
-Callbacks run from the loop timer, in deadline order; one that raises is logged and
-does not stop the others.
+Callbacks run from the loop timer, in deadline order (keys of the same second in any
+order); one that raises is logged and does not stop the others.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class FixedDelayQueue:
 
     Entries cannot be cancelled: a callback whose reason went away (its session closed)
     must check that itself and do nothing. An entry holds its callback, and what the
-    callback references, until it is due: at most ``delay`` seconds.
+    callback references, until it is due: about ``delay`` seconds.
     """
 
     __slots__ = ("_delay", "_entries", "_timer")
@@ -70,7 +70,7 @@ class FixedDelayQueue:
         now = loop.time()
         while entries and entries[0][0] <= now:
             _run(entries.popleft()[1])
-        if entries:
+        if entries and self._timer is None:  # a callback's own add() may have armed it already
             self._timer = loop.call_at(entries[0][0], self._fire)
 
 
@@ -79,7 +79,7 @@ class ExpiryBuckets:
 
     Deadlines are rounded up to the whole second, so ``expire`` runs within about a
     second after the deadline, never before it. Keys must be unique among those waiting.
-    A discarded key costs nothing more once its second's set is empty.
+    Once every key of a second is discarded, only the second itself is kept, until it passes.
     """
 
     __slots__ = ("_buckets", "_expire", "_queued", "_seconds", "_timer", "_timer_second")

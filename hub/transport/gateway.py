@@ -204,6 +204,7 @@ class SocketGateway:
     async def shutdown(self) -> None:
         """Stop accepting, tell every client to reconnect elsewhere, and disconnect them."""
         self._accepting = False
+        self._expiries.close()  # every connection is closed below anyway
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,7 +220,6 @@ class SocketGateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.shutdown()
-        self._expiries.close()
 
     def connection_count(self) -> int:
         return len(self._connections)

@@ -114,7 +114,15 @@ class SendQueue:
             if self._joiners is None:
                 self._joiners = []
             self._joiners.append(joiner)
-            await joiner
+            try:
+                await joiner
+            except BaseException:
+                joiners = self._joiners
+                if joiners is not None and joiner in joiners:
+                    joiners.remove(joiner)
+                    if not joiners:
+                        self._joiners = None
+                raise
 
     def _wake_getter(self) -> None:
         getters = self._getters

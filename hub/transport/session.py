@@ -64,7 +64,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     upgraded: bool
 
     _ws: Any = None
-    """The WebSocket this session is served over (engineio's driver object), once upgraded."""
+    """The WebSocket this session is served over (engineio's driver object), once upgraded;
+    None again once its handler has ended."""
 
     _ws_gone = False
     """True once the WebSocket is closing or closed; nothing more can be sent."""
@@ -91,8 +92,8 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
     def schedule_ping(self) -> None:
         """Send a PING after ``ping_interval``, unless one is already waiting for its PONG.
 
-        At most one PING is scheduled at a time: this runs after a PONG, and only once per
-        PING sent (``last_ping`` is set by the PING and cleared here).
+        At most one PING is scheduled at a time: this runs at connect and after each PONG,
+        and only once per PING sent (``last_ping`` is set by the PING and cleared here).
         """
         if self.last_ping:
             self.last_ping = None

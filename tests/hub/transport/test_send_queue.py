@@ -42,6 +42,7 @@ async def test_a_get_that_times_out_takes_nothing() -> None:
     queue = SendQueue()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(queue.get(), 0.01)
+    assert queue._getters is None, "the timed-out get is no longer waiting"
     queue.put_nowait("kept")
     assert queue.qsize() == 1
     assert await asyncio.wait_for(queue.get(), 5) == "kept"
@@ -79,12 +80,26 @@ async def test_join_waits_until_every_packet_is_marked_done() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_cancelled_join_stops_waiting() -> None:
+    queue = SendQueue()
+    queue.put_nowait("a")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(queue.join(), 0.01)
+    assert queue._joiners is None
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.wait_for(queue.join(), 5)
+
+
+@pytest.mark.asyncio
 async def test_an_idle_queue_costs_a_small_fraction_of_an_asyncio_queue_also_after_use() -> None:
     """The point of the class: what a connection carries while it has nothing to send."""
     n = 1000
 
     async def idle_after_use(make: type[SendQueue] | type[asyncio.Queue[object]]) -> int:
-        tracemalloc.start()
+        tracing = tracemalloc.is_tracing()
+        if not tracing:
+            tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             queues = [make() for _ in range(n)]
@@ -99,7 +114,8 @@ async def test_an_idle_queue_costs_a_small_fraction_of_an_asyncio_queue_also_aft
                     queue.task_done()
             held = tracemalloc.get_traced_memory()[0] - before
         finally:
-            tracemalloc.stop()
+            if not tracing:
+                tracemalloc.stop()
         assert len(queues) == n
         return held // n
 
