@@ -86,7 +86,7 @@ class SendQueue:
                 await getter
             except BaseException:
                 getter.cancel()
-                self._forget_getter(getter)
+                self._getters = _without(self._getters, getter)
                 if self._items is not None and not getter.cancelled():
                     self._wake_getter()  # the packet that woke this getter goes to the next one
                 raise
@@ -117,11 +117,7 @@ class SendQueue:
             try:
                 await joiner
             except BaseException:
-                joiners = self._joiners
-                if joiners is not None and joiner in joiners:
-                    joiners.remove(joiner)
-                    if not joiners:
-                        self._joiners = None
+                self._joiners = _without(self._joiners, joiner)
                 raise
 
     def _wake_getter(self) -> None:
@@ -134,9 +130,11 @@ class SendQueue:
         if not getters:
             self._getters = None
 
-    def _forget_getter(self, getter: asyncio.Future[None]) -> None:
-        getters = self._getters
-        if getters is not None and getter in getters:
-            getters.remove(getter)
-            if not getters:
-                self._getters = None
+
+def _without(
+    waiters: list[asyncio.Future[None]] | None, waiter: asyncio.Future[None]
+) -> list[asyncio.Future[None]] | None:
+    """``waiters`` without ``waiter``; None once empty (the lists exist only while someone waits)."""
+    if waiters is not None and waiter in waiters:
+        waiters.remove(waiter)
+    return waiters or None
