@@ -21,7 +21,7 @@ only how a session waits and sends:
 * The send queue is a :class:`~hub.transport.send_queue.SendQueue`, which holds no
   memory while empty, instead of an ``asyncio.Queue``.
 
-Long-polling sessions are engineio's, except for how pings are scheduled.
+Long-polling sessions are engineio's, except for how pings are scheduled and the send queue.
 :class:`HubSocketServer` is ``socketio.AsyncServer`` with sessions of this kind.
 """
 
