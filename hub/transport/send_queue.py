@@ -21,14 +21,15 @@ __all__ = ["SendQueue"]
 class SendQueue:
     """An unbounded FIFO with ``asyncio.Queue``'s semantics for the methods it has.
 
-    ``put``/``put_nowait``, ``get``/``get_nowait`` (raising ``asyncio.QueueEmpty``),
+    ``put_nowait``, ``get``/``get_nowait`` (raising ``asyncio.QueueEmpty``),
     ``task_done``/``join``, ``empty`` and ``qsize`` behave as in ``asyncio.Queue``
     without a ``maxsize``: a cancelled ``get`` takes nothing, and a packet put while
     several ``get`` calls wait goes to the one that waited longest. Bounding a
-    session's backlog is the fan-out's job (``FanoutManager.max_queue``).
+    session's backlog is the fan-out's job (``FanoutManager.max_queue``). There is no
+    ``put``: engineio awaits one only in ``AsyncSocket.send``, which ``HubSocket`` replaces.
 
     While empty with nobody waiting it holds no container: the deque of packets exists
-    from the first ``put`` until the queue is empty again, and the lists of waiters only
+    from the first ``put_nowait`` until the queue is empty again, and the lists of waiters only
     while someone waits. One event loop; not thread-safe.
     """
 
@@ -56,10 +57,6 @@ class SendQueue:
         items.append(item)
         self._unfinished += 1
         self._wake_getter()
-
-    async def put(self, item: Any) -> None:
-        """:meth:`put_nowait`; the queue is unbounded, so this never waits."""
-        self.put_nowait(item)
 
     def get_nowait(self) -> Any:
         """Remove and return the oldest packet.

@@ -16,7 +16,7 @@ async def test_packets_come_out_in_the_order_they_went_in() -> None:
     assert queue.empty() and queue.qsize() == 0
     for packet in ("a", "b", None):
         queue.put_nowait(packet)
-    await queue.put("c")
+    queue.put_nowait("c")
     assert not queue.empty() and queue.qsize() == 4
     taken = [queue.get_nowait(), await queue.get(), queue.get_nowait(), await queue.get()]
     assert taken == ["a", "b", None, "c"]
