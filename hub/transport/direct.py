@@ -7,16 +7,19 @@ more than half of its CPU there. This module lets the fan-out and the session
 (:class:`hub.transport.session.HubSocket`) skip all of it for connections that are
 on WebSocket and idle, the way ``websockets.broadcast`` does:
 
-* :class:`DirectWebSocket` replaces engineio's aiohttp WebSocket driver. It is the
-  same driver, except that permessage-deflate is off unless asked for, and that while
-  the socket is open it registers a :class:`DirectLink` for its Engine.IO session.
+* :class:`DirectWebSocket` replaces engineio's aiohttp WebSocket driver. After aiohttp's
+  handshake it serves the connection as an
+  :class:`~hub.transport.websocket.AdoptedWebSocket` (which frees aiohttp's request
+  state), runs the session in a task of its own, keeps permessage-deflate off unless
+  asked for, and while the socket is open registers a :class:`DirectLink` for its
+  Engine.IO session.
 * :func:`text_frame` builds an unmasked WebSocket TEXT frame once per emit.
 
 A frame may be written directly only when :meth:`DirectLink.ready` says so: the
 session has nothing queued and no writer holding an unsent packet (it keeps
 :attr:`DirectLink.writable` saying so), so the direct frame cannot overtake anything
 sent earlier, and the WebSocket has not begun to close. Frames are written whole and
-synchronously, so they never interleave with aiohttp's own frames (pongs, close).
+synchronously, so they never interleave with the WebSocket's own frames (pongs, close).
 """
 
 from __future__ import annotations
@@ -28,17 +31,13 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
 
+from hub.transport.websocket import AdoptedWebSocket, WebSocketClosedError
+
 __all__ = ["DirectLink", "DirectWebSocket", "install", "text_frame"]
 
 _TEXT_FIN: Final = 0x81
 _EIO_CLOSE: Final = "1"
 """An Engine.IO CLOSE packet, encoded."""
-
-CLOSE_TIMEOUT_S: Final = 10.0
-"""Longest wait for a WebSocket close (its frame drained, the peer's close read) before the TCP
-connection is aborted. aiohttp's own close timeout does not cover the drain, so a peer that
-stopped reading would otherwise keep the close, the session's handler and its
-:class:`DirectLink` waiting forever."""
 
 
 def text_frame(text: str) -> bytes:
@@ -61,21 +60,18 @@ class DirectLink:
     session sets at each change of its state (:meth:`session_idle`) and the WebSocket
     clears when it starts closing. The fan-out reads it once per recipient, so a
     recipient costs a look at this object and its transport, not at the session, its
-    queue and the aiohttp response: profiling showed those reads, cache misses between
+    queue and the WebSocket: profiling showed those reads, cache misses between
     ``send`` system calls, costing as much as the write itself.
 
     ``__slots__`` because there is one per connection.
     """
 
-    __slots__ = ("_response", "_transport", "socket", "writable")
+    __slots__ = ("_transport", "_websocket", "socket", "writable")
 
-    def __init__(
-        self, socket: Any, response: web.WebSocketResponse, transport: asyncio.BaseTransport
-    ) -> None:
+    def __init__(self, socket: Any, websocket: AdoptedWebSocket) -> None:
         self.socket = socket
-        self._response = response
-        # uvloop's transports implement asyncio.Transport without subclassing it
-        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self._websocket = websocket
+        self._transport = websocket.get_transport()
         self.writable = False
         """True while the session is on this WebSocket, open, with nothing queued and no writer
         busy, and the WebSocket is not closing. Set only through :meth:`session_idle` and
@@ -88,10 +84,10 @@ class DirectLink:
         mid-upgrade), not closing, with nothing queued and no writer busy. A WebSocket
         that started closing stays unwritable whatever the session says.
         """
-        self.writable = idle and not self._response.closed
+        self.writable = idle and not self._websocket.closing
 
     def websocket_closing(self) -> None:
-        """The WebSocket is sending its close frame; nothing may follow it."""
+        """The WebSocket is closing (a CLOSE sent or received, or the connection lost); nothing may follow."""
         self.writable = False
 
     def ready(self) -> bool:
@@ -125,27 +121,33 @@ class DirectLink:
         self._transport.write(frame)
 
 
-class _LinkedWebSocketResponse(web.WebSocketResponse):
-    """aiohttp's WebSocket response, which makes its :class:`DirectLink` unwritable when it closes.
+class _HandshakeResponse(web.WebSocketResponse):
+    """aiohttp's WebSocket response, used for the handshake only.
 
-    aiohttp sends the close frame from ``close()`` alone, whether the hub or the peer
-    started the close; direct frames written after it would break the protocol.
+    Once the connection is adopted, aiohttp's ``close`` (which aiohttp calls when the
+    request handler returns) must not touch it: the WebSocket is no longer aiohttp's.
     """
 
-    link: DirectLink | None = None
+    adopted = False
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
-        if self.link is not None:
-            self.link.websocket_closing()
+        if self.adopted:
+            return False
         return await super().close(code=code, message=message, drain=drain)
 
 
 class DirectWebSocket:
-    """engineio's aiohttp WebSocket driver, plus a :class:`DirectLink` registered while open.
+    """engineio's aiohttp WebSocket driver, serving each WebSocket as an :class:`AdoptedWebSocket`.
 
     Engine.IO constructs one per WebSocket request with its handler (a bound method of
-    the session's socket) and calls it with the request's environ.
+    the session's socket) and calls it with the request's environ. The call does the
+    handshake, adopts the connection, starts the handler in a task that the server
+    tracks (``server.serve_websocket``) and returns at once, so aiohttp's request ends.
+    While the socket is open and uncompressed a :class:`DirectLink` is registered for
+    the session. ``__slots__`` because there is one per connection.
     """
+
+    __slots__ = ("_deflate", "_links", "_websocket", "handler", "link", "server")
 
     def __init__(
         self,
@@ -158,48 +160,81 @@ class DirectWebSocket:
         self.server = server
         self._links = links
         self._deflate = deflate
-        self._sock: _LinkedWebSocketResponse | None = None
-        self._transport: asyncio.Transport | None = None
-        self.environ: dict[str, Any] = {}
+        self._websocket: AdoptedWebSocket | None = None
         self.link: DirectLink | None = None
         """This WebSocket's :class:`DirectLink` while it is open; None if it is compressed."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        """Do the handshake, adopt the connection and start serving it; returns the handshake response.
+
+        The environ loses ``aiohttp.request`` and ``wsgi.input``: the request is over,
+        and python-socketio keeps the environ for the whole session, which would keep
+        aiohttp's request and connection state alive with it.
+        """
         request: web.Request = environ["aiohttp.request"]
-        sock = self._sock = _LinkedWebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=self._deflate
-        )
-        await sock.prepare(request)
-        self.environ = environ
+        response = _HandshakeResponse(max_msg_size=self.server.max_http_buffer_size, compress=self._deflate)
+        await response.prepare(request)
+        try:
+            websocket = self._websocket = AdoptedWebSocket.adopt(request, response)
+        except WebSocketClosedError:
+            await self.handler(self)  # with no WebSocket every call fails, so the session ends at once
+            return response
+        response.adopted = True
+        del environ["aiohttp.request"], environ["wsgi.input"]
         socket = getattr(self.handler, "__self__", None)
         sid = getattr(socket, "sid", None)
-        transport = self._transport = request.transport
-        link = None
         # a second WebSocket for a session already probing or upgraded is refused by the session
-        if isinstance(sid, str) and transport is not None and not sock.compress and sid not in self._links:
-            link = self.link = sock.link = self._links[sid] = DirectLink(socket, sock, transport)
-        try:
-            await self.handler(self)
-        finally:
-            self.link = None
-            if link is not None and self._links.get(link.socket.sid) is link:
-                del self._links[link.socket.sid]
-        return sock
+        if isinstance(sid, str) and not response.compress and sid not in self._links:
+            link = self.link = self._links[sid] = DirectLink(socket, websocket)
+            websocket.on_closing = link.websocket_closing
+        self.server.serve_websocket(self._serve(websocket), websocket)
+        return response
 
-    def _open(self) -> web.WebSocketResponse:
-        if self._sock is None:
-            raise RuntimeError("WebSocket used before its handshake")
-        return self._sock
+    async def _serve(self, websocket: AdoptedWebSocket) -> None:
+        """Run the session's handler, clean up, then close the WebSocket if the handler left it open.
+
+        A session that ended is removed from the server's table, as engineio does when
+        its handler returns. Cancelled (at shutdown), the connection is aborted.
+        """
+        try:
+            try:
+                await self.handler(self)
+            except Exception:
+                self.server.logger.exception("WebSocket session failed")
+            finally:
+                self._forget_session()
+            await websocket.close()  # a refused upgrade probe returns with the WebSocket open
+        finally:
+            if not websocket.closed:
+                websocket.abort()
+
+    def _forget_session(self) -> None:
+        """The session is no longer served here: drop its link, and the session itself once closed."""
+        link, self.link = self.link, None
+        if link is not None and self._links.get(link.socket.sid) is link:
+            del self._links[link.socket.sid]
+        socket = getattr(self.handler, "__self__", None)
+        sid = getattr(socket, "sid", None)
+        if socket is not None and socket.closed and self.server.sockets.get(sid) is socket:
+            del self.server.sockets[sid]
+
+    def _open(self) -> AdoptedWebSocket:
+        if self._websocket is None:
+            raise WebSocketClosedError("the connection closed during the WebSocket handshake")
+        return self._websocket
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The TCP (or TLS) transport under this WebSocket; None before its handshake."""
+        return None if self._websocket is None else self._websocket.get_transport()
 
     async def close(self) -> None:
-        """Close the WebSocket; after :data:`CLOSE_TIMEOUT_S` abort the TCP connection instead."""
-        sock = self._open()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await sock.close()
-        except TimeoutError:
-            if self._transport is not None:
-                self._transport.abort()
+        """Close the WebSocket (see :meth:`AdoptedWebSocket.close`); never raises.
+
+        Nothing to do if the connection closed during its handshake.
+        """
+        if self._websocket is not None:
+            await self._websocket.close()
 
     async def send(self, message: str | bytes) -> None:
         """Send one Engine.IO packet; after a CLOSE packet, close the WebSocket too.
@@ -207,30 +242,28 @@ class DirectWebSocket:
         engineio ends a session by sending CLOSE and then waits for the peer, but the
         official JavaScript client ignores CLOSE over WebSocket and would notice only at
         its ping timeout. Closing the WebSocket is how Node's engine.io ends it.
+
+        Raises:
+            WebSocketClosedError: the WebSocket is closing or closed.
         """
-        sock = self._open()
-        if isinstance(message, bytes):
-            await sock.send_bytes(message)
-        else:
-            await sock.send_str(message)
-            if message == _EIO_CLOSE:
-                await self.close()
+        websocket = self._open()
+        await websocket.send(message)
+        if message == _EIO_CLOSE:
+            await websocket.close()
 
     async def wait(self) -> str | bytes:
-        """The next data message; OSError when the WebSocket closed (what engineio expects)."""
-        msg = await self._open().receive()
-        if not isinstance(msg.data, bytes | str):
-            raise OSError("websocket closed")
-        return msg.data
+        """The next data message; an OSError (WebSocketClosedError) once closed, as engineio expects."""
+        return await self._open().receive()
 
 
 def install(eio_server: Any, links: MutableMapping[str, DirectLink], deflate: bool) -> None:
     """Make ``eio_server`` use this module for its WebSocket requests.
 
     ``eio_server`` must be a :class:`hub.transport.session.HubEngineServer` (aiohttp
-    mode, sessions that keep :attr:`DirectLink.writable` up to date). WebSocket
-    requests go through :class:`DirectWebSocket`, registering into ``links``. Only this
-    server is changed: engineio's driver table is copied, not edited.
+    mode, sessions that keep :attr:`DirectLink.writable` up to date, and
+    ``serve_websocket``). WebSocket requests go through :class:`DirectWebSocket`,
+    registering into ``links``. Only this server is changed: engineio's driver table is
+    copied, not edited.
     """
 
     def websocket(handler: Callable[[DirectWebSocket], Awaitable[None]], server: Any) -> DirectWebSocket:

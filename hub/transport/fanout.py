@@ -42,7 +42,7 @@ from socketio import packet as sio_packet
 
 from hub.transport.direct import DirectLink, install, text_frame
 from hub.transport.rooms import IndexedRoomManager
-from hub.transport.session import HubEngineServer
+from hub.transport.session import HubEngineServer, HubSocket
 from protocol.codec import to_wire
 from protocol.errors import ErrorCode, SokoError
 from protocol.events import SESSION_CLOSING
@@ -298,9 +298,7 @@ class FanoutManager(IndexedRoomManager):
                 self._on_slow_consumer(sid)
             except Exception:
                 self._get_logger().exception("on_slow_consumer callback failed")
-        link = self._links.get(eio_sid)
-        # an upgraded session's environ is its first poll, so only its DirectLink knows its socket
-        transport = link.transport if link is not None else websocket_transport(self.server, eio_sid)
+        transport = websocket_transport(self.server, eio_sid)
         task = asyncio.get_running_loop().create_task(self._close_slow(eio_sid, socket, transport))
         self._eviction_tasks.add(task)
         task.add_done_callback(self._eviction_tasks.discard)
@@ -325,19 +323,13 @@ class FanoutManager(IndexedRoomManager):
 
 
 def websocket_transport(server: Any, eio_sid: str) -> Abortable | None:
-    """The TCP transport of a session that connected directly over websocket on aiohttp.
+    """The TCP transport of Engine.IO session ``eio_sid`` while it is served over a WebSocket.
 
-    python-socketio keeps only the environ of the request that opened the session.
-    For a session that started on polling and upgraded, that request is an HTTP
-    poll, not the websocket, so None is returned: aborting it could cut an unrelated
-    keep-alive connection.
+    None for a session that is gone, on polling, or still probing its upgrade: the
+    transport of a poll is an HTTP keep-alive connection, which must not be aborted.
     """
-    environ = server.environ.get(eio_sid) or {}
-    request = environ.get("aiohttp.request")
-    if request is None or environ.get("HTTP_UPGRADE", "").lower() != "websocket":
-        return None
-    transport: Abortable | None = request.transport
-    return transport
+    socket = server.eio.sockets.get(eio_sid)
+    return socket.websocket_transport if isinstance(socket, HubSocket) else None
 
 
 def _slow_consumer_frame() -> Any:

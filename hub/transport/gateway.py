@@ -117,6 +117,7 @@ class SocketGateway:
             async_handlers=False,  # one connection's events are handled in order
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
+            shutdown_grace=settings.shutdown_grace,
             http_compression=False,
             logger=False,
             engineio_logger=False,
@@ -219,7 +220,7 @@ class SocketGateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.sio.shutdown()
+        await self.sio.shutdown()  # waits up to shutdown_grace for the WebSockets to finish closing
 
     def connection_count(self) -> int:
         return len(self._connections)

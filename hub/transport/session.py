@@ -20,6 +20,9 @@ only how a session waits and sends:
 * Closing a session closes its WebSocket, which engineio left to its read timeout.
 * The send queue is a :class:`~hub.transport.send_queue.SendQueue`, which holds no
   memory while empty, instead of an ``asyncio.Queue``.
+* A WebSocket session runs in a task of its own once its connection is adopted from
+  aiohttp (:mod:`hub.transport.websocket`), so the server's :meth:`HubEngineServer.shutdown`
+  closes those sessions and waits for their WebSockets, which aiohttp no longer does.
 
 Long-polling sessions are engineio's, except for how pings are scheduled and the send queue.
 :class:`HubSocketServer` is ``socketio.AsyncServer`` with sessions of this kind.
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import engineio
@@ -41,6 +44,7 @@ from engineio.async_socket import AsyncSocket
 from hub.transport.deadlines import FixedDelayQueue
 from hub.transport.direct import DirectLink, text_frame
 from hub.transport.send_queue import SendQueue
+from hub.transport.websocket import AdoptedWebSocket
 
 __all__ = ["HubEngineServer", "HubSocket", "HubSocketServer"]
 
@@ -75,6 +79,12 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
 
     _writer: asyncio.Task[None] | None = None
     """The task sending what is queued, while the queue is not empty (or closing the WebSocket)."""
+
+    @property
+    def websocket_transport(self) -> asyncio.Transport | None:
+        """The TCP (or TLS) transport of the WebSocket this session is served over; None on polling."""
+        ws = self._ws
+        return None if ws is None else ws.transport
 
     def _sync_link(self) -> None:
         """Tell the link whether a direct write now would follow everything sent so far.
@@ -183,7 +193,7 @@ class HubSocket(AsyncSocket):  # type: ignore[misc]
         """Serve this session over ``ws`` until the WebSocket closes, then close the session.
 
         The session is closed (its disconnect handlers run) however this ends, also
-        when the request is cancelled at shutdown.
+        when its task is cancelled at shutdown (see :meth:`HubEngineServer.shutdown`).
         """
         if self.connected:
             if not await self._finish_upgrade(ws):
@@ -293,19 +303,57 @@ class _SessionTable(dict[str, Any]):
 class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """``engineio.AsyncServer`` whose sessions are :class:`HubSocket` objects; aiohttp mode only.
 
+    Takes engineio's arguments, plus ``shutdown_grace`` (see :meth:`shutdown`).
+
     Raises:
         ValueError: another ``async_mode``, or ``monitor_clients=False`` (the ping
             timeout is what ends a silent WebSocket session).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, shutdown_grace: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.shutdown_grace = shutdown_grace
+        """Seconds :meth:`shutdown` gives open WebSockets to finish closing."""
         if self.async_mode != "aiohttp":
             raise ValueError(f"HubEngineServer runs on aiohttp only, not {self.async_mode!r}")
         if not self.start_service_task:
             raise ValueError("HubEngineServer needs monitor_clients: its ping checks end silent sessions")
         self.pings = FixedDelayQueue(self.ping_interval)
         """When each session sends its next PING: ``ping_interval`` after its client's PONG."""
+        self._websockets: dict[asyncio.Task[None], AdoptedWebSocket] = {}
+        """The task serving each adopted WebSocket (see :mod:`hub.transport.direct`), and the WebSocket."""
+
+    def serve_websocket(self, serving: Coroutine[Any, Any, None], websocket: AdoptedWebSocket) -> None:
+        """Run ``serving``, the session served over ``websocket``, in a task tracked until it ends."""
+        task = asyncio.get_running_loop().create_task(serving)
+        self._websockets[task] = websocket
+        task.add_done_callback(self._websockets.pop)
+
+    async def shutdown(self) -> None:
+        """Close every session, let their WebSockets finish closing, then stop engineio's service task.
+
+        The hub calls this (through ``HubSocketServer.shutdown``) when it stops, after
+        telling its clients why. Sessions still open are closed without waiting for
+        their peers, so their disconnect handlers run. A WebSocket is no longer an
+        aiohttp request once open, so aiohttp's own shutdown neither waits for it nor
+        closes it: each gets up to ``shutdown_grace`` seconds to finish its close
+        handshake, then its connection is aborted and its task cancelled. Returns once
+        every WebSocket's task has ended.
+        """
+        open_sessions = [s for s in self.sockets.values() if not s.closing and not s.closed]
+        await asyncio.gather(
+            *(s.close(wait=False, reason=self.reason.SERVER_DISCONNECT) for s in open_sessions),
+            return_exceptions=True,
+        )
+        if self._websockets:
+            await asyncio.wait(set(self._websockets), timeout=self.shutdown_grace)
+        remaining = dict(self._websockets)
+        for task, websocket in remaining.items():
+            websocket.abort()
+            task.cancel()
+        if remaining:
+            await asyncio.wait(set(remaining))
+        await super().shutdown()
 
     def create_queue(self) -> SendQueue:
         """A session's send queue: a :class:`SendQueue` (engineio creates one per session here)."""

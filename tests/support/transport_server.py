@@ -53,6 +53,7 @@ async def fanout_hub() -> AsyncIterator[StartFanoutHub]:
         sio = HubSocketServer(client_manager=manager, async_mode="aiohttp", **(server_options or {}))
         app = web.Application()
         sio.attach(app)
+        app.on_shutdown.append(lambda _app: sio.shutdown())  # as the hub's gateway does
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -78,8 +79,7 @@ async def fanout_hub() -> AsyncIterator[StartFanoutHub]:
         async def stop() -> None:
             await http.close()  # aborts every client connection at once
             await manager.wait_evictions()
-            await sio.shutdown()
-            await runner.cleanup()
+            await runner.cleanup()  # its on_shutdown shuts sio down
 
         stack.push_async_callback(stop)
         return hub

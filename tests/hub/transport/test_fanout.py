@@ -162,7 +162,7 @@ async def test_slow_consumer_is_evicted_and_others_keep_receiving(fanout_hub: St
 async def test_stalled_consumer_connection_is_aborted_after_close_timeout(fanout_hub: StartFanoutHub) -> None:
     hub = await fanout_hub(max_queue=20, close_timeout=0.5)
     stalled, other = await hub.raw(), await hub.raw()
-    server_side = hub.sio.environ[stalled.eio_sid]["aiohttp.request"].transport
+    server_side = hub.sio.eio.sockets[stalled.eio_sid].websocket_transport
     stalled.pause()
     pad = "y" * 32768
     sent = 0

@@ -62,7 +62,8 @@ async def test_every_session_is_a_hub_socket_even_after_engineio_replaces_its_ta
 @pytest.mark.timeout(60)
 async def test_an_idle_session_runs_no_task_per_read_or_per_ping(fanout_hub: StartFanoutHub) -> None:
     """engineio's own socket keeps a writer, a read task, a ``wait_for`` on its queue and a
-    sleeping ping task per connection; this one keeps none, beside aiohttp's two."""
+    sleeping ping task per connection, beside aiohttp's two for the request; this one keeps one,
+    the task serving its adopted WebSocket."""
     hub = await fanout_hub(server_options=FAST_PINGS)
     n = 40
     before = server_task_census()
@@ -75,8 +76,7 @@ async def test_an_idle_session_runs_no_task_per_read_or_per_ping(fanout_hub: Sta
     per_connection = {name: count for name, count in grown.items() if count >= n}
     assert per_connection == {
         "RawClient._read_loop": n,  # the test's own clients
-        "RequestHandler.start": n,
-        "RequestHandler._handle_request": n,
+        "DirectWebSocket._serve": n,
     }, grown
 
 
@@ -88,7 +88,7 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_and_its_connect
     """No read timeout any more: the ping timeout alone must end a silent session."""
     hub = await fanout_hub(server_options=FAST_PINGS)
     silent, alive = await hub.raw(), await hub.raw()
-    server_side = hub.sio.environ[silent.eio_sid]["aiohttp.request"].transport
+    server_side = hub.sio.eio.sockets[silent.eio_sid].websocket_transport
     session = hub.sio.eio.sockets[silent.eio_sid]
     silent.pause()
 
@@ -143,7 +143,7 @@ async def test_a_websocket_that_began_closing_takes_no_direct_write(fanout_hub: 
     leaving, staying = await hub.raw(), await hub.raw()
     link = hub.manager._links[leaving.eio_sid]
     assert link.ready()
-    closing = asyncio.get_running_loop().create_task(link._response.close())
+    closing = asyncio.get_running_loop().create_task(link._websocket.close())
     await asyncio.sleep(0)  # the close frame is on its way; the session's read loop has not seen it
     assert not hub.sio.eio.sockets[leaving.eio_sid].closing
     assert not link.ready()
@@ -172,7 +172,7 @@ async def test_server_disconnect_sends_close_and_ends_the_websocket(fanout_hub: 
 async def test_a_client_close_packet_ends_the_session_and_its_websocket(fanout_hub: StartFanoutHub) -> None:
     hub = await fanout_hub()
     leaving, staying = await hub.raw(), await hub.raw()
-    server_side = hub.sio.environ[leaving.eio_sid]["aiohttp.request"].transport
+    server_side = hub.sio.eio.sockets[leaving.eio_sid].websocket_transport
     await leaving.ws.send_str("1")  # Engine.IO CLOSE from the client
     async with asyncio.timeout(10):
         await leaving.closed.wait()
@@ -292,18 +292,16 @@ async def test_a_second_upgrade_racing_the_first_is_refused(fanout_hub: StartFan
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
-async def test_a_websocket_request_cancelled_twice_still_closes_its_session(
+async def test_a_websocket_task_cancelled_twice_still_closes_its_session(
     fanout_hub: StartFanoutHub,
 ) -> None:
-    """aiohttp cancels a request handler that outlives its shutdown timeout. Cancelled once, the
+    """Shutdown cancels the task serving a WebSocket that outlives its grace. Cancelled once, the
     session ends its read loop and closes the WebSocket; cancelled again while that close waits
     for the peer, it must still close the session and run its disconnect handler."""
     hub = await fanout_hub()
     client = await hub.raw()
-    requests = [
-        t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RequestHandler._handle_request"
-    ]
-    assert len(requests) == 1, "precondition: the client's WebSocket request is the only one open"
+    requests = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "DirectWebSocket._serve"]
+    assert len(requests) == 1, "precondition: the client's WebSocket is the only one served"
     requests[0].cancel()
     await asyncio.sleep(0)  # the handler runs on to its WebSocket close, which waits for the client
     assert client.eio_sid in hub.sio.eio.sockets and not hub.disconnects
@@ -312,8 +310,9 @@ async def test_a_websocket_request_cancelled_twice_still_closes_its_session(
         while not hub.disconnects:
             await asyncio.sleep(0.01)
     assert hub.disconnects == [(client.sid, "transport close")]
-    # engineio's service task drops a closed session from the table later; it is closed now
-    assert hub.sio.eio.sockets[client.eio_sid].closed
+    async with asyncio.timeout(10):  # and the serving task drops the closed session from the table
+        while client.eio_sid in hub.sio.eio.sockets:
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio
@@ -353,17 +352,18 @@ async def test_a_closed_session_waiting_for_its_ping_does_not_keep_its_websocket
 ) -> None:
     """PINGs wait in one server-wide queue that cannot be cancelled, so a session that closes
     stays referenced until its PING is due (``ping_interval``, 25 s by default). It must not keep
-    its WebSocket driver (which holds the aiohttp response and the request's environ) alive that
-    long: after a reconnect storm that would be every old connection's memory."""
+    its WebSocket (the adopted connection and its frame parser) alive that long: after a reconnect
+    storm that would be every old connection's memory."""
     hub = await fanout_hub()
     client = await hub.raw()
     session = hub.sio.eio.sockets[client.eio_sid]
     assert len(hub.sio.eio.pings) == 1, "precondition: the first PING is waiting"
-    websocket = weakref.ref(session._ws)
+    websocket = weakref.ref(session._ws._websocket._frames)
     await client.close()
     async with asyncio.timeout(10):  # engineio drops the session once its WebSocket handler returned
         while client.eio_sid in hub.sio.eio.sockets:
             await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # the serving task has ended; its done-callbacks (which untrack it) run now
     del session
     gc.collect()
     assert len(hub.sio.eio.pings) == 1, "the PING entry is still there"
