@@ -165,12 +165,7 @@ class DirectWebSocket:
         """This WebSocket's :class:`DirectLink` while it is open; None if it is compressed."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        """Do the handshake, adopt the connection and start serving it; returns the handshake response.
-
-        The environ loses ``aiohttp.request`` and ``wsgi.input``: the request is over,
-        and python-socketio keeps the environ for the whole session, which would keep
-        aiohttp's request and connection state alive with it.
-        """
+        """Do the handshake, adopt the connection and start serving it; returns the handshake response."""
         request: web.Request = environ["aiohttp.request"]
         response = _HandshakeResponse(max_msg_size=self.server.max_http_buffer_size, compress=self._deflate)
         await response.prepare(request)
@@ -180,7 +175,6 @@ class DirectWebSocket:
             await self.handler(self)  # with no WebSocket every call fails, so the session ends at once
             return response
         response.adopted = True
-        del environ["aiohttp.request"], environ["wsgi.input"]
         socket = getattr(self.handler, "__self__", None)
         sid = getattr(socket, "sid", None)
         # a second WebSocket for a session already probing or upgraded is refused by the session
@@ -194,7 +188,8 @@ class DirectWebSocket:
         """Run the session's handler, clean up, then close the WebSocket if the handler left it open.
 
         A session that ended is removed from the server's table, as engineio does when
-        its handler returns. Cancelled (at shutdown), the connection is aborted.
+        its handler returns. Cancelled (at shutdown), the connection is aborted. Either
+        way the WebSocket is released (:meth:`AdoptedWebSocket.release`) at the end.
         """
         try:
             try:
@@ -207,6 +202,7 @@ class DirectWebSocket:
         finally:
             if not websocket.closed:
                 websocket.abort()
+            websocket.release()
 
     def _forget_session(self) -> None:
         """The session is no longer served here: drop its link, and the session itself once closed."""

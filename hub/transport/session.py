@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 import engineio
 import socketio
@@ -320,6 +320,7 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             raise ValueError("HubEngineServer needs monitor_clients: its ping checks end silent sessions")
         self.pings = FixedDelayQueue(self.ping_interval)
         """When each session sends its next PING: ``ping_interval`` after its client's PONG."""
+        self._shut_down = False
         self._websockets: dict[asyncio.Task[None], AdoptedWebSocket] = {}
         """The task serving each adopted WebSocket (see :mod:`hub.transport.direct`), and the WebSocket."""
 
@@ -337,9 +338,14 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         their peers, so their disconnect handlers run. A WebSocket is no longer an
         aiohttp request once open, so aiohttp's own shutdown neither waits for it nor
         closes it: each gets up to ``shutdown_grace`` seconds to finish its close
-        handshake, then its connection is aborted and its task cancelled. Returns once
-        every WebSocket's task has ended.
+        handshake, then its connection is aborted and its task cancelled, which gets as
+        long again to end (a disconnect handler that hangs past it is logged and left).
+        A WebSocket still probing an upgrade has no session on it yet, so it waits out
+        the grace and is aborted. Calling this again does nothing.
         """
+        if self._shut_down:
+            return
+        self._shut_down = True
         open_sessions = [s for s in self.sockets.values() if not s.closing and not s.closed]
         await asyncio.gather(
             *(s.close(wait=False, reason=self.reason.SERVER_DISCONNECT) for s in open_sessions),
@@ -352,7 +358,9 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             websocket.abort()
             task.cancel()
         if remaining:
-            await asyncio.wait(set(remaining))
+            _, stuck = await asyncio.wait(set(remaining), timeout=self.shutdown_grace)
+            if stuck:
+                self.logger.error("%d WebSocket sessions did not end at shutdown", len(stuck))
         await super().shutdown()
 
     def create_queue(self) -> SendQueue:
@@ -369,8 +377,23 @@ class HubEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self._sessions = _SessionTable(table)
 
 
+_REQUEST_OBJECTS: Final = frozenset({"aiohttp.request", "wsgi.input"})
+"""Environ keys holding the live aiohttp request that opened a session (and its body reader)."""
+
+
 class HubSocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """``socketio.AsyncServer`` on :class:`HubEngineServer`; takes the same arguments."""
+    """``socketio.AsyncServer`` on :class:`HubEngineServer`; takes the same arguments.
+
+    python-socketio keeps the environ of the request that opened each session for the
+    session's life, and hands it to ``connect`` handlers. It keeps a copy without
+    ``aiohttp.request`` and ``wsgi.input`` here: holding the finished request would
+    keep its headers, its payload reader and aiohttp's connection state alive with
+    the session (for a WebSocket, everything its adoption freed).
+    """
 
     def _engineio_server_class(self) -> type[HubEngineServer]:
         return HubEngineServer
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        kept = {key: value for key, value in environ.items() if key not in _REQUEST_OBJECTS}
+        await super()._handle_eio_connect(eio_sid, kept)

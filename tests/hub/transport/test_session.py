@@ -295,9 +295,10 @@ async def test_a_second_upgrade_racing_the_first_is_refused(fanout_hub: StartFan
 async def test_a_websocket_task_cancelled_twice_still_closes_its_session(
     fanout_hub: StartFanoutHub,
 ) -> None:
-    """Shutdown cancels the task serving a WebSocket that outlives its grace. Cancelled once, the
-    session ends its read loop and closes the WebSocket; cancelled again while that close waits
-    for the peer, it must still close the session and run its disconnect handler."""
+    """Shutdown cancels the task serving a WebSocket that outlives its grace (after aborting the
+    connection; here it is not aborted, the harder case). Cancelled once, the session ends its read
+    loop and closes the WebSocket; cancelled again while that close waits for the peer, it must
+    still close the session and run its disconnect handler."""
     hub = await fanout_hub()
     client = await hub.raw()
     requests = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "DirectWebSocket._serve"]

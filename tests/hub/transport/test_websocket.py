@@ -36,37 +36,46 @@ class _RawWebSocket:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.compressed = False
+        """Whether the last frame read had RSV1 set (permessage-deflate)."""
 
     @classmethod
-    async def connect(cls, url: str, *, after_handshake: bytes = b"") -> _RawWebSocket:
-        """Open a direct Engine.IO WebSocket; ``after_handshake`` goes out with the request, in one write."""
+    async def connect(cls, url: str, *, after_handshake: bytes = b"", deflate: bool = False) -> _RawWebSocket:
+        """Open a direct Engine.IO WebSocket; ``after_handshake`` goes out with the request, in one write.
+
+        ``deflate`` offers permessage-deflate, and the server must accept it.
+        """
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
             f"Host: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + ("Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else "")
+            + "\r\n"
         )
         writer.write(request.encode() + after_handshake)
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
+        assert (b"permessage-deflate" in head.lower()) == deflate, head
         return cls(reader, writer)
 
     @staticmethod
-    def frame(opcode: int, payload: bytes) -> bytes:
-        """One final, masked client frame (payloads under 126 bytes)."""
+    def frame(opcode: int, payload: bytes, *, rsv1: bool = False) -> bytes:
+        """One final, masked client frame (payloads under 126 bytes); ``rsv1`` marks it compressed."""
         assert len(payload) < 126
         mask = os.urandom(4)
         masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
+        return bytes((0x80 | (0x40 if rsv1 else 0) | opcode, 0x80 | len(payload))) + mask + masked
 
-    def send(self, opcode: int, payload: bytes) -> None:
-        self.writer.write(self.frame(opcode, payload))
+    def send(self, opcode: int, payload: bytes, *, rsv1: bool = False) -> None:
+        self.writer.write(self.frame(opcode, payload, rsv1=rsv1))
 
     async def read_frame(self) -> tuple[int, bytes]:
         """The next frame from the server: (opcode, payload)."""
         first, second = await self.reader.readexactly(2)
+        self.compressed = bool(first & 0x40)
         size = second & 0x7F
         if size == 126:
             size = int.from_bytes(await self.reader.readexactly(2), "big")
@@ -101,9 +110,10 @@ async def test_aiohttp_forgets_an_adopted_websocket_which_keeps_working(fanout_h
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
-async def test_an_adopted_websocket_keeps_no_aiohttp_request_alive(fanout_hub: StartFanoutHub) -> None:
-    """python-socketio keeps each session's environ, which held the WebSocket's aiohttp request
-    (and through it the request's headers and payload reader) for the connection's life."""
+async def test_no_session_keeps_its_aiohttp_request_alive(fanout_hub: StartFanoutHub) -> None:
+    """python-socketio keeps each session's environ, which held the aiohttp request that opened
+    it (and through it the headers, the payload reader and, for a WebSocket, everything its
+    adoption freed), on WebSocket and on polling alike."""
     hub = await fanout_hub()
     requests: list[weakref.ref[web.BaseRequest]] = []
     translate_request = hub.sio.eio._async["translate_request"]
@@ -114,10 +124,16 @@ async def test_an_adopted_websocket_keeps_no_aiohttp_request_alive(fanout_hub: S
 
     hub.sio.eio._async = {**hub.sio.eio._async, "translate_request": recording}
     client = await hub.raw()
-    assert len(requests) == 1, "precondition: one request, the WebSocket's"
-    assert "aiohttp.request" not in hub.sio.environ[client.eio_sid]
+    # Connection: close, or aiohttp's keep-alive loop would hold the request until the next one
+    poll = f"{hub.url}/socket.io/?EIO=4&transport=polling"
+    async with hub.http.get(poll, headers={"Connection": "close"}) as reply:
+        polling_sid = json.loads((await reply.text())[1:])["sid"]
+    assert len(requests) == 2, "precondition: two requests, the WebSocket's and the first poll"
+    for eio_sid in (client.eio_sid, polling_sid):
+        assert "aiohttp.request" not in hub.sio.environ[eio_sid]
+        assert "wsgi.input" not in hub.sio.environ[eio_sid]
     gc.collect()
-    assert requests[0]() is None, "the WebSocket's aiohttp request outlived its handshake"
+    assert [request() for request in requests] == [None, None], "a request outlived its session's start"
     assert await client.emit("ping_me", 1, ack=True) == [{"pong": 1}]
 
 
@@ -233,6 +249,70 @@ async def test_a_compressed_websocket_is_served_but_takes_no_direct_writes(
     await hub.sio.emit("squeezed", "y" * 5000, room=ROOM)
     assert await client.next_event() == ("squeezed", ["y" * 5000])
     assert await client.emit("ping_me", "z" * 3000, ack=True) == [{"pong": "z" * 3000}]
+
+    raw = await _RawWebSocket.connect(hub.url, deflate=True)
+    async with asyncio.timeout(10):
+        opcode, _ = await raw.read_frame()
+    assert opcode == _OP_TEXT and raw.compressed, "the adopted WebSocket's frames are compressed"
+    raw.writer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_corrupt_compressed_frame_closes_with_1002(fanout_hub: StartFanoutHub) -> None:
+    """A deflate stream that does not inflate fails in zlib, not as a WebSocket protocol error."""
+    hub = await fanout_hub(websocket_deflate=True)
+    bystander = await RawClient.connect(hub.http, hub.url, compress=15)
+    hub.clients.append(bystander)
+    ws = await _RawWebSocket.connect(hub.url, deflate=True)
+    ws.send(_OP_TEXT, b"\xff\xff\xff\xff", rsv1=True)  # a deflate block of the reserved type
+    async with asyncio.timeout(10):
+        close = await ws.read_until_close()
+        assert int.from_bytes(close[:2], "big") == aiohttp.WSCloseCode.PROTOCOL_ERROR
+        assert await ws.reader.read() == b"", "the server closes the TCP connection after its CLOSE"
+    assert await bystander.emit("ping_me", 1, ack=True) == [{"pong": 1}]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_closed_websocket_is_freed_without_waiting_for_the_garbage_collector(
+    fanout_hub: StartFanoutHub,
+) -> None:
+    """The adopted connection, its parser, queue, writer and link point at each other; once the
+    WebSocket is finished those cycles are broken, so reference counting frees it at once."""
+    hub = await fanout_hub()
+    client = await hub.raw()
+    frames = weakref.ref(hub.sio.eio.sockets[client.eio_sid]._ws._websocket._frames)
+    gc.collect()
+    gc.disable()
+    try:
+        await client.close()
+        async with asyncio.timeout(10):
+            while client.eio_sid in hub.sio.eio.sockets or hub.sio.eio._websockets:
+                await asyncio.sleep(0.01)
+            while frames() is not None:  # the transport lets go of its protocol a loop turn after closing
+                await asyncio.sleep(0.01)
+    finally:
+        gc.enable()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_shutdown_aborts_a_websocket_that_outlives_its_grace(fanout_hub: StartFanoutHub) -> None:
+    """A peer that never answers the CLOSE would hold the close for CLOSE_TIMEOUT_S (10 s); shutdown
+    gives it ``shutdown_grace`` and then aborts it, running the session's disconnect handler."""
+    hub = await fanout_hub(server_options={"shutdown_grace": 0.2})
+    ws = await _RawWebSocket.connect(hub.url)
+    ws.send(_OP_TEXT, b"40")
+    async with asyncio.timeout(10):
+        await ws.read_frame()  # OPEN
+        await ws.read_frame()  # the namespace CONNECT reply
+    async with asyncio.timeout(5):  # well under CLOSE_TIMEOUT_S
+        await hub.sio.shutdown()
+        await ws.read_until_close()
+        with contextlib.suppress(ConnectionResetError):  # an abort may look like a reset
+            assert await ws.reader.read() == b""
+    assert [reason for _, reason in hub.disconnects] == ["server disconnect"]
 
 
 @pytest.mark.asyncio
