@@ -83,12 +83,12 @@ class _RawWebSocket:
             size = int.from_bytes(await self.reader.readexactly(8), "big")
         return first & 0x0F, await self.reader.readexactly(size)
 
-    async def read_until_close(self) -> bytes:
-        """Read frames until the server's CLOSE; its payload (close code and reason)."""
+    async def read_until_close(self) -> int:
+        """Read frames until the server's CLOSE; its close code."""
         while True:
             opcode, payload = await self.read_frame()
             if opcode == _OP_CLOSE:
-                return payload
+                return int.from_bytes(payload[:2], "big")
 
 
 @pytest.mark.asyncio
@@ -188,8 +188,7 @@ async def test_a_protocol_error_closes_with_1002_and_others_are_served(fanout_hu
     ws = await _RawWebSocket.connect(hub.url)
     ws.send(_OP_RESERVED, b"what is this")
     async with asyncio.timeout(10):
-        close = await ws.read_until_close()
-        assert int.from_bytes(close[:2], "big") == aiohttp.WSCloseCode.PROTOCOL_ERROR
+        assert await ws.read_until_close() == aiohttp.WSCloseCode.PROTOCOL_ERROR
         assert await ws.reader.read() == b"", "the server closes the TCP connection after its CLOSE"
     assert await bystander.emit("ping_me", 1, ack=True) == [{"pong": 1}]
 
@@ -226,7 +225,7 @@ async def test_a_peer_that_never_answers_the_close_is_aborted(
     asked = loop.time()
     await hub.sio.eio.disconnect(eio_sid)  # sends CLOSE, which this peer never answers
     async with asyncio.timeout(10):
-        assert int.from_bytes((await ws.read_until_close())[:2], "big") == aiohttp.WSCloseCode.OK
+        assert await ws.read_until_close() == aiohttp.WSCloseCode.OK
         while not server_side.is_closing():
             await asyncio.sleep(0.01)
         assert loop.time() - asked >= 0.45, "closed before the close timeout: the server did not wait"
@@ -267,8 +266,7 @@ async def test_a_corrupt_compressed_frame_closes_with_1002(fanout_hub: StartFano
     ws = await _RawWebSocket.connect(hub.url, deflate=True)
     ws.send(_OP_TEXT, b"\xff\xff\xff\xff", rsv1=True)  # a deflate block of the reserved type
     async with asyncio.timeout(10):
-        close = await ws.read_until_close()
-        assert int.from_bytes(close[:2], "big") == aiohttp.WSCloseCode.PROTOCOL_ERROR
+        assert await ws.read_until_close() == aiohttp.WSCloseCode.PROTOCOL_ERROR
         assert await ws.reader.read() == b"", "the server closes the TCP connection after its CLOSE"
     assert await bystander.emit("ping_me", 1, ack=True) == [{"pong": 1}]
 
