@@ -82,6 +82,7 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_grace: float = 2.0
+    """Seconds a stopping hub gives open WebSockets to finish closing before it cuts them."""
     kafka_bootstrap: str = ""
     """Comma-separated ``host:port`` of the platform's Kafka brokers; empty turns Kafka off."""
     kafka_group: str = GROUP
