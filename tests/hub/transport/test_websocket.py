@@ -182,11 +182,22 @@ async def test_a_client_close_is_answered_and_ends_the_session(fanout_hub: Start
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
-async def test_a_protocol_error_closes_with_1002_and_others_are_served(fanout_hub: StartFanoutHub) -> None:
-    hub = await fanout_hub()
+@pytest.mark.parametrize(
+    ("deflate", "opcode", "payload"),
+    [
+        pytest.param(False, _OP_RESERVED, b"what is this", id="reserved-opcode"),
+        pytest.param(True, _OP_TEXT, b"\xff\xff\xff\xff", id="corrupt-deflate"),  # a reserved block type
+    ],
+)
+async def test_a_broken_stream_closes_with_1002_and_others_are_served(
+    fanout_hub: StartFanoutHub, deflate: bool, opcode: int, payload: bytes
+) -> None:
+    """A reserved opcode is a WebSocket protocol error; a deflate stream that does not inflate
+    fails in zlib instead. Both end that connection with 1002 and nothing else."""
+    hub = await fanout_hub(websocket_deflate=deflate)
     bystander = await hub.raw()
-    ws = await _RawWebSocket.connect(hub.url)
-    ws.send(_OP_RESERVED, b"what is this")
+    ws = await _RawWebSocket.connect(hub.url, deflate=deflate)
+    ws.send(opcode, payload, rsv1=deflate)
     async with asyncio.timeout(10):
         assert await ws.read_until_close() == aiohttp.WSCloseCode.PROTOCOL_ERROR
         assert await ws.reader.read() == b"", "the server closes the TCP connection after its CLOSE"
@@ -254,21 +265,6 @@ async def test_a_compressed_websocket_is_served_but_takes_no_direct_writes(
         opcode, _ = await raw.read_frame()
     assert opcode == _OP_TEXT and raw.compressed, "the adopted WebSocket's frames are compressed"
     raw.writer.close()
-
-
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_a_corrupt_compressed_frame_closes_with_1002(fanout_hub: StartFanoutHub) -> None:
-    """A deflate stream that does not inflate fails in zlib, not as a WebSocket protocol error."""
-    hub = await fanout_hub(websocket_deflate=True)
-    bystander = await RawClient.connect(hub.http, hub.url, compress=15)
-    hub.clients.append(bystander)
-    ws = await _RawWebSocket.connect(hub.url, deflate=True)
-    ws.send(_OP_TEXT, b"\xff\xff\xff\xff", rsv1=True)  # a deflate block of the reserved type
-    async with asyncio.timeout(10):
-        assert await ws.read_until_close() == aiohttp.WSCloseCode.PROTOCOL_ERROR
-        assert await ws.reader.read() == b"", "the server closes the TCP connection after its CLOSE"
-    assert await bystander.emit("ping_me", 1, ack=True) == [{"pong": 1}]
 
 
 @pytest.mark.asyncio
