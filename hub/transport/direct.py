@@ -94,11 +94,6 @@ class DirectLink:
         """True when a frame written now is the next thing the peer receives after what was already sent."""
         return self.writable and not self._transport.is_closing()
 
-    @property
-    def transport(self) -> asyncio.Transport:
-        """The TCP (or TLS) transport under this WebSocket."""
-        return self._transport
-
     def buffered(self) -> int:
         """Bytes written to this connection that the kernel has not taken yet."""
         return self._transport.get_write_buffer_size()
